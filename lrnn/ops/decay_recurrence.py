@@ -1,0 +1,181 @@
+"""Decay (diagonal) linear recurrence: Mamba-2 / SSD, RetNet, GLA, and Mamba-1 as linear attention.
+
+Per head, with state ``H`` of shape [K, V]:
+
+    H_t = diag(a_t) H_{t-1} + k_t v_t^T          o_t = H_t^T (scale * q_t)
+
+``a_t`` is one scalar per head and step (Mamba-2 / SSD, RetNet) or one value per key channel (GLA;
+Mamba-1 as heads = channels, K = d_state, V = 1, q = C_t, k = B_t, v = dt_t x_t). Every ``a_t`` in
+[-1, 1] is allowed, in both modes; it is passed in log space with a sign (see ``lrnn.ops.decay``).
+Neither ``q`` nor ``k`` is normalised here; ``scale`` multiplies ``q`` (default ``K ** -0.5``; pass 1.0
+for Mamba-style SSMs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrnn.ops import _checks
+from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
+from lrnn.ops._chunking import compute_dtype, from_chunks, pad_time, to_chunks
+
+__all__ = ["decay_recurrence"]
+
+_LAYOUT_Q = "[batch, time, heads, key_dim]"
+_LAYOUT_V = "[batch, time, heads, value_dim]"
+
+
+def decay_recurrence(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    decay_negative: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``H_t = diag(a_t) H_{t-1} + k_t v_t^T``, ``o_t = H_t^T (scale q_t)`` over a sequence.
+
+    Args:
+        q, k: [B, T, H, K]. v: [B, T, H, V].
+        log_decay: ``log|a_t|`` (<= 0, ``-inf`` for a = 0), shape [B, T, H] (one decay per head) or
+            [B, T, H, K] (one per key channel).
+        decay_negative: bool, True where ``a_t < 0``; same shape as ``log_decay``. None: all a_t >= 0.
+        scale: multiplies q; None means ``K ** -0.5``.
+        initial_state: [B, H, K, V] or None (zeros).
+        output_final_state: also return the state after the last step.
+        mode: ``"recurrent"`` (a plain loop over time: the reference, and the O(1) decode step at T = 1)
+            or ``"chunk"`` (the chunked parallel form; memory O(T * chunk_size) per head).
+        chunk_size: tokens per chunk in ``"chunk"`` mode.
+
+    Returns:
+        ``(o, final_state)``: o is [B, T, H, V] in the dtype of ``v``; final_state is [B, H, K, V] in
+        float32 (float64 for float64 inputs), or None unless ``output_final_state``.
+    """
+    _check(q, k, v, log_decay, decay_negative, scale, initial_state, mode, chunk_size)
+    out_dtype = v.dtype
+    dtype = compute_dtype(q.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v, g = (t.to(dtype) for t in (q, k, v, log_decay))
+    s = signs(decay_negative, g)
+    state = None if initial_state is None else initial_state.to(dtype)
+    if mode == "recurrent":
+        o, state = _recurrent(q * scale, k, v, g, s, state)
+    else:
+        o, state = _chunked(q * scale, k, v, g, s, state, chunk_size)
+    return o.to(out_dtype), (state if output_final_state else None)
+
+
+def _check(q, k, v, log_decay, decay_negative, scale, initial_state, mode, chunk_size) -> None:
+    _checks.check_mode(mode, chunk_size)
+    _checks.check_scale(scale)
+    _checks.check_tensor("q", q, 4, _LAYOUT_Q)
+    b, t, h, dk = q.shape
+    _checks.check_tensor("k", k, 4, _LAYOUT_Q)
+    _checks.check_shape("k", k, (b, t, h, dk), _LAYOUT_Q)
+    _checks.check_tensor("v", v, 4, _LAYOUT_V)
+    _checks.check_shape("v", v, (b, t, h, v.shape[-1]), _LAYOUT_V)
+    if not isinstance(log_decay, torch.Tensor) or not log_decay.is_floating_point():
+        raise TypeError(f"log_decay must be a floating-point tensor, got "
+                        f"{log_decay.dtype if isinstance(log_decay, torch.Tensor) else type(log_decay).__name__}")
+    _checks.check_same_dtype_device({"q": q, "k": k, "v": v, "log_decay": log_decay})
+    _checks.check_log_decay(log_decay, decay_negative, {
+        "scalar": ((b, t, h), "[batch, time, heads]"),
+        "per_channel": ((b, t, h, dk), "[batch, time, heads, key_dim]"),
+    })
+    _checks.check_state(initial_state, (b, h, dk, v.shape[-1]), "[batch, heads, key_dim, value_dim]", q)
+
+
+def _recurrent(q, k, v, g, s, state):
+    """The ground truth: one step at a time. q, k: [B,T,H,K]; v: [B,T,H,V]; g, s: [B,T,H(,K)]."""
+    b, t, h, dk = q.shape
+    if state is None:
+        state = q.new_zeros(b, h, dk, v.shape[-1])
+    a = torch.exp(g) if s is None else torch.exp(g) * s
+    a = a.unsqueeze(-1) if a.ndim == 4 else a[..., None, None]  # [B,T,H,K,1] or [B,T,H,1,1]
+    outs = []
+    for i in range(t):
+        state = a[:, i] * state + k[:, i, :, :, None] * v[:, i, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
+    return torch.stack(outs, dim=1), state
+
+
+def _chunked(q, k, v, g, s, state, chunk_size):
+    """Chunked parallel form: exact intra-chunk attention, a short scan of states across chunks."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    per_channel = g.ndim == 4
+    if not per_channel:  # one code path: a scalar decay is a decay with one channel
+        g = g.unsqueeze(-1)
+        s = None if s is None else s.unsqueeze(-1)
+    c = min(chunk_size, t)
+    # Padding appends decay 1 (log 0) and zero k, v: the state is unchanged by the padded steps.
+    q, k, v, g = (to_chunks(pad_time(x, c), c) for x in (q, k, v, g))  # [B,H,N,C,*]
+    s = None if s is None else to_chunks(pad_time(s, c, value=1.0), c)
+
+    decay_in = prefix_decay(g, s)  # prod_{m<=i} a_m within the chunk: [B,H,N,C,D]
+    decay_out = suffix_decay(g, s)  # prod_{m>j} a_m within the chunk
+    chunk_decay = decay_in[..., -1, :]  # [B,H,N,D]
+    if per_channel:
+        scores = _intra_scores_per_channel(q, k, g, s)
+    else:
+        scores = (q @ k.transpose(-1, -2)) * segment_decay(g, s).squeeze(-1)
+    o = scores @ v  # [B,H,N,C,V]
+
+    delta = (k * decay_out).transpose(-1, -2) @ v  # contribution of each chunk to its end state
+    states = _scan_chunks(chunk_decay.unsqueeze(-1), delta, state, b, h, dk, dv, q)
+    o = o + (q * decay_in) @ states[:, :, :-1]
+    return from_chunks(o, t), states[:, :, -1]
+
+
+def _scan_chunks(chunk_decay, delta, state, b, h, dk, dv, like):
+    """S_n = chunk_decay_n * S_{n-1} + delta_n. Returns [B,H,N+1,K,V] states (S_0 first)."""
+    if state is None:
+        state = like.new_zeros(b, h, dk, dv)
+    states = [state]
+    for n in range(delta.shape[2]):
+        state = chunk_decay[:, :, n] * state + delta[:, :, n]
+        states.append(state)
+    return torch.stack(states, dim=2)
+
+
+def _largest_divisor_at_most(n: int, bound: int) -> int:
+    return max(d for d in range(1, min(n, bound) + 1) if n % d == 0)
+
+
+def _intra_scores_per_channel(q, k, g, s, sub_chunk: int = 16):
+    """``A[i, j] = sum_d q_id k_jd prod_{m=j+1..i} a_md`` for j <= i, per chunk. q, k, g: [..., C, K].
+
+    A full [C, C, K] decay tensor would cost C*K memory per token, so the chunk is cut into sub-chunks
+    of c tokens: pairs inside one sub-chunk use the [c, c, K] decays; pairs across sub-chunks factor
+    through the start of the query's sub-chunk p, ``prod_{j<m<=i} = prod_{start_p<=m<=i} *
+    prod_{j<m<start_p}``, both factors bounded by 1 in magnitude (no exp(+G) overflow).
+    """
+    *lead, cc, dk = q.shape
+    c = _largest_divisor_at_most(cc, sub_chunk)
+    p = cc // c
+    sub = lambda x: x.reshape(*lead, p, c, x.shape[-1])  # noqa: E731
+    q_sub, k_sub, g_sub = sub(q), sub(k), sub(g)
+    s_sub = None if s is None else sub(s)
+
+    # Pairs inside a sub-chunk: [.., P, c, c, K] decays.
+    diag = torch.einsum("...id,...jd,...ijd->...ij", q_sub, k_sub, segment_decay(g_sub, s_sub))
+
+    # Pairs across sub-chunks (j before the start of p): query side decays from start_p to i,
+    # key side from j+1 to start_p - 1, masked to j < start_p.
+    q_in = q_sub * prefix_decay(g_sub, s_sub)  # [.., P, c, K]
+    before = torch.arange(cc, device=q.device)[None, :] < (torch.arange(p, device=q.device)[:, None] * c)
+    mask = before[:, :, None]  # [P, C, 1]: position m lies before sub-chunk p
+    g_before = torch.where(mask, g.unsqueeze(-3), torch.zeros((), dtype=g.dtype, device=g.device))
+    s_before = None if s is None else torch.where(mask, s.unsqueeze(-3), torch.ones((), dtype=s.dtype, device=s.device))
+    k_out = k.unsqueeze(-3) * suffix_decay(g_before, s_before)  # [.., P, C, K]
+    k_out = torch.where(mask, k_out, torch.zeros((), dtype=k.dtype, device=k.device))
+    cross = q_in @ k_out.transpose(-1, -2)  # [.., P, c, C]
+
+    eye = torch.eye(p, dtype=q.dtype, device=q.device)
+    blocks = diag.unsqueeze(-2) * eye[:, None, :, None]  # [.., P, c, P, c], diag blocks on (p, p)
+    return cross.reshape(*lead, cc, cc) + blocks.reshape(*lead, cc, cc)

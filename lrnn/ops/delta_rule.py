@@ -1,0 +1,192 @@
+"""Delta rule: DeltaNet, Gated DeltaNet and DeltaProduct (n_h Householder steps per token).
+
+Per head, with state ``H`` of shape [K, V], a decay (gate) ``a_t`` and ``n_h`` steps per token:
+
+    H_{t,j} = a_t^[j=1] (I - b_{t,j} k_{t,j} k_{t,j}^T) H_{t,j-1} + b_{t,j} k_{t,j} v_{t,j}^T,  j = 1..n_h
+    o_t = H_{t,n_h}^T (scale * q_t)
+
+The transition ``I - b k k^T`` has eigenvalue ``1 - b ||k||^2`` along k and 1 elsewhere; with unit keys
+and b in [0, 2] the eigenvalues lie in [-1, 1]. This op does not normalise: layers L2-normalise q and k
+before calling it. ``scale`` multiplies q (default ``K ** -0.5``). The gate ``a_t`` is one scalar per
+head and token, in [-1, 1], in log space with a sign (``lrnn.ops.decay``); it is applied once per token,
+before the first Householder step.
+
+Chunk mode uses the UT / WY form: inside a chunk, with ``L`` the segment products of the gate,
+``A = strict_lower(diag(b) (L * K K^T))``, ``U = (I + A)^{-1} diag(b) (V - diag(gamma) K S_0)``, then
+``O = diag(gamma) Q S_0 + (L * Q K^T) U`` and ``S = gamma_C S_0 + (K * L_C)^T U`` -- one unit lower
+triangular solve per chunk. DeltaProduct runs as the delta rule on the flattened sequence of n_h*T
+steps (gate on the first sub-step, query on the last).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrnn.ops import _checks
+from lrnn.ops._chunking import compute_dtype, from_chunks, pad_time, to_chunks
+from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
+
+__all__ = ["delta_rule"]
+
+_LAYOUT_Q = "[batch, time, heads, key_dim]"
+
+
+def delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
+    decay_negative: torch.Tensor | None = None,
+    *,
+    num_householder: int = 1,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    mode: str = "chunk",
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the (gated) delta rule with ``num_householder`` steps per token.
+
+    Args:
+        q: [B, T, H, K].
+        k: [B, T*n_h, H, K]; step j of token t at index ``t*n_h + j`` (n_h = num_householder).
+        v: [B, T*n_h, H, V]. beta: [B, T*n_h, H], in [0, 2] ([0, 1] is the original DeltaNet range).
+        log_decay: optional gate ``log|a_t|`` [B, T, H] (<= 0, -inf for a = 0); None: no gate.
+        decay_negative: bool [B, T, H], True where ``a_t < 0``; None: all gates >= 0.
+        num_householder: Householder steps per token (1: DeltaNet; >1: DeltaProduct).
+        scale: multiplies q; None means ``K ** -0.5``.
+        initial_state: [B, H, K, V] or None (zeros).
+        output_final_state: also return the state after the last step.
+        mode: ``"recurrent"`` (plain loop: the reference and the decode step) or ``"chunk"`` (UT form).
+        chunk_size: steps per chunk in chunk mode, counted on the flattened n_h*T sub-steps.
+
+    Returns:
+        ``(o, final_state)``: o [B, T, H, V] in the dtype of v; final_state [B, H, K, V] in float32
+        (float64 for float64 inputs) or None unless ``output_final_state``.
+    """
+    _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state, mode, chunk_size)
+    out_dtype = v.dtype
+    dtype = compute_dtype(q.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
+    g = None if log_decay is None else log_decay.to(dtype)
+    s = None if g is None else signs(decay_negative, g)
+    state = None if initial_state is None else initial_state.to(dtype)
+    if mode == "recurrent":
+        o, state = _recurrent(q * scale, k, v, beta, g, s, state, num_householder)
+    else:
+        q, g, s = _flatten_householder(q * scale, g, s, num_householder)
+        o, state = _chunked(q, k, v, beta, g, s, state, chunk_size)
+        o = o[:, num_householder - 1::num_householder]
+    return o.to(out_dtype), (state if output_final_state else None)
+
+
+def _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state, mode, chunk_size):
+    _checks.check_mode(mode, chunk_size)
+    _checks.check_scale(scale)
+    if isinstance(num_householder, bool) or not isinstance(num_householder, int):
+        raise TypeError(f"num_householder must be an int >= 1, got {type(num_householder).__name__}")
+    if num_householder < 1:
+        raise ValueError(f"num_householder must be >= 1, got {num_householder}")
+    _checks.check_tensor("q", q, 4, _LAYOUT_Q)
+    b, t, h, dk = q.shape
+    n = num_householder
+    steps = f"[batch, time*num_householder, heads, key_dim] with num_householder={n}"
+    _checks.check_tensor("k", k, 4, steps)
+    _checks.check_shape("k", k, (b, t * n, h, dk), steps)
+    _checks.check_tensor("v", v, 4, "[batch, time*num_householder, heads, value_dim]")
+    _checks.check_shape("v", v, (b, t * n, h, v.shape[-1]), "[batch, time*num_householder, heads, value_dim]")
+    _checks.check_tensor("beta", beta, 3, "[batch, time*num_householder, heads]")
+    _checks.check_shape("beta", beta, (b, t * n, h), "[batch, time*num_householder, heads]")
+    named = {"q": q, "k": k, "v": v, "beta": beta}
+    if log_decay is not None:
+        _checks.check_tensor("log_decay", log_decay, 3, "[batch, time, heads]")
+        named["log_decay"] = log_decay
+    elif decay_negative is not None:
+        raise ValueError("decay_negative was given without log_decay; pass the gate's log|a| as log_decay")
+    _checks.check_same_dtype_device(named)
+    if log_decay is not None:
+        _checks.check_log_decay(log_decay, decay_negative, {"scalar": ((b, t, h), "[batch, time, heads]")})
+    _checks.check_range("beta", beta, 0.0, 2.0, "eigenvalue 1 - beta of the Householder step in [-1, 1]")
+    _checks.check_state(initial_state, (b, h, dk, v.shape[-1]), "[batch, heads, key_dim, value_dim]", q)
+
+
+def _recurrent(q, k, v, beta, g, s, state, n_h):
+    """The ground truth, one Householder step at a time. Shapes as in ``delta_rule``."""
+    b, t, h, dk = q.shape
+    if state is None:
+        state = q.new_zeros(b, h, dk, v.shape[-1])
+    a = None if g is None else (torch.exp(g) if s is None else torch.exp(g) * s)
+    outs = []
+    for i in range(t):
+        if a is not None:
+            state = a[:, i, :, None, None] * state
+        for j in range(i * n_h, (i + 1) * n_h):
+            kj, bj = k[:, j], beta[:, j, :, None]
+            residual = v[:, j] - torch.einsum("bhk,bhkv->bhv", kj, state)  # v - H^T k
+            state = state + kj[..., :, None] * (bj * residual)[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
+    return torch.stack(outs, dim=1), state
+
+
+def _flatten_householder(q, g, s, n_h):
+    """Spread per-token q and gate over the n_h sub-steps: gate on the first, query on the last."""
+    if n_h == 1:
+        return q, g, s
+
+    def spread(x, position, fill):
+        out = x.new_full((x.shape[0], x.shape[1], n_h, *x.shape[2:]), fill)
+        out[:, :, position] = x
+        return out.flatten(1, 2)
+
+    q = spread(q, n_h - 1, 0.0)
+    g = None if g is None else spread(g, 0, 0.0)
+    s = None if s is None else spread(s, 0, 1.0)
+    return q, g, s
+
+
+def _chunked(q, k, v, beta, g, s, state, chunk_size):
+    """UT-form chunked delta rule over [B, T, H, *] inputs (one Householder step per position)."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    c = min(chunk_size, t)
+    q, k, v = (to_chunks(pad_time(x, c), c) for x in (q, k, v))  # [B,H,N,C,*]
+    beta = to_chunks(pad_time(beta, c), c)  # [B,H,N,C,1]; padded steps have beta 0: identity
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1)
+    zero = torch.zeros((), dtype=q.dtype, device=q.device)
+    if g is None:
+        lower = causal.to(q.dtype)
+        gamma = gamma_out = gamma_chunk = None
+    else:
+        g = to_chunks(pad_time(g, c), c)  # [B,H,N,C,1]
+        s = None if s is None else to_chunks(pad_time(s, c, value=1.0), c)
+        lower = segment_decay(g, s).squeeze(-1)  # [B,H,N,C,C]: prod_{j<m<=i} a_m, 0 above the diagonal
+        gamma = prefix_decay(g, s)  # [B,H,N,C,1]: prod_{m<=i} a_m
+        gamma_out = suffix_decay(g, s)  # prod_{m>j} a_m
+        gamma_chunk = gamma[..., -1, :].unsqueeze(-1)  # [B,H,N,1,1]
+
+    kk = (k @ k.transpose(-1, -2)) * lower
+    a = torch.where(strict, beta * kk, zero)  # strict_lower(diag(b) (L * K K^T))
+    k_start = k if gamma is None else k * gamma
+    rhs = torch.cat([beta * v, beta * k_start], dim=-1)
+    solved = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
+    u_in, w = solved[..., :dv], solved[..., dv:]  # U = u_in - w S_0
+    k_end = k if gamma_out is None else k * gamma_out
+    qk = (q @ k.transpose(-1, -2)) * lower
+
+    if state is None:
+        state = q.new_zeros(b, h, dk, dv)
+    starts, us = [], []
+    for n in range(q.shape[2]):
+        u = u_in[:, :, n] - w[:, :, n] @ state
+        starts.append(state)
+        us.append(u)
+        carried = state if gamma_chunk is None else gamma_chunk[:, :, n] * state
+        state = carried + k_end[:, :, n].transpose(-1, -2) @ u
+    s_start = torch.stack(starts, dim=2)
+    u = torch.stack(us, dim=2)
+    q_start = q if gamma is None else q * gamma
+    o = q_start @ s_start + qk @ u
+    return from_chunks(o, t), state
