@@ -3,8 +3,8 @@ fast path (``mode="chunk"``) that is tested against it. Layout everywhere: [batc
 """
 
 from lrnn.ops.decay import decay_from_values, negative_range
-from lrnn.ops.decay_recurrence import decay_recurrence
-from lrnn.ops.delta_rule import delta_rule
-from lrnn.ops.short_conv import short_conv
+from lrnn.ops.diagonal import decay_recurrence
+from lrnn.ops.delta import delta_rule
+from lrnn.ops.conv import short_conv
 
 __all__ = ["decay_recurrence", "delta_rule", "short_conv", "decay_from_values", "negative_range"]

@@ -1,4 +1,8 @@
-"""Reshaping helpers for the chunked algorithms: [B, T, H, D] <-> [B, H, N, C, D]."""
+"""Reshaping helpers for the chunked algorithms: [B, T, H, D] <-> chunk-major [N, B, H, C, D].
+
+Chunk-major layout keeps each chunk's [B, H, C, D] block contiguous, so the sequential pass over chunks
+indexes views that batched matmuls take without copying.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +24,19 @@ def pad_time(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor
     return F.pad(x, pad, value=value)
 
 
-def to_chunks(x: torch.Tensor, c: int) -> torch.Tensor:
-    """[B, N*C, H, *D] -> [B, H, N, C, *D] (a [B, T, H] tensor gets a trailing dim of 1 first)."""
+def to_chunks(x: torch.Tensor, c: int, value: float = 0.0) -> torch.Tensor:
+    """Pad time to a multiple of ``c`` with ``value``, then [B, T, H, D] -> contiguous [N, B, H, C, D].
+
+    A [B, T, H] tensor gets a trailing dim of 1.
+    """
     if x.ndim == 3:
         x = x.unsqueeze(-1)
-    b, t, h = x.shape[:3]
-    return x.reshape(b, t // c, c, h, *x.shape[3:]).movedim(3, 1)
+    x = pad_time(x, c, value)
+    b, t, h, d = x.shape
+    return x.reshape(b, t // c, c, h, d).permute(1, 0, 3, 2, 4).contiguous()
 
 
 def from_chunks(x: torch.Tensor, t: int) -> torch.Tensor:
-    """[B, H, N, C, D] -> [B, T, H, D], dropping padding past ``t``."""
-    b, h, n, c = x.shape[:4]
-    return x.movedim(1, 3).reshape(b, n * c, h, *x.shape[4:])[:, :t]
+    """[N, B, H, C, D] -> [B, T, H, D], dropping padding past ``t``."""
+    n, b, h, c, d = x.shape
+    return x.permute(1, 0, 3, 2, 4).reshape(b, n * c, h, d)[:, :t]

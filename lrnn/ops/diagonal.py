@@ -17,7 +17,7 @@ import torch
 
 from lrnn.ops import _checks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
-from lrnn.ops._chunking import compute_dtype, from_chunks, pad_time, to_chunks
+from lrnn.ops._chunking import compute_dtype, from_chunks, to_chunks
 
 __all__ = ["decay_recurrence"]
 
@@ -104,43 +104,50 @@ def _recurrent(q, k, v, g, s, state):
     return torch.stack(outs, dim=1), state
 
 
-def _chunked(q, k, v, g, s, state, chunk_size):
-    """Chunked parallel form: exact intra-chunk attention, a short scan of states across chunks."""
+def _chunked(q, k, v, g, s, state, chunk_size, batch_chunks=None):
+    """Chunked form: exact intra-chunk attention plus a sequential pass of states across chunks.
+
+    ``batch_chunks``: compute the state-independent per-chunk terms for all chunks at once (GPUs) or
+    one chunk at a time inside the loop (CPUs: cache-sized temporaries). None picks by device.
+    """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    per_channel = g.ndim == 4
-    if not per_channel:  # one code path: a scalar decay is a decay with one channel
-        g = g.unsqueeze(-1)
-        s = None if s is None else s.unsqueeze(-1)
     c = min(chunk_size, t)
-    # Padding appends decay 1 (log 0) and zero k, v: the state is unchanged by the padded steps.
-    q, k, v, g = (to_chunks(pad_time(x, c), c) for x in (q, k, v, g))  # [B,H,N,C,*]
-    s = None if s is None else to_chunks(pad_time(s, c, value=1.0), c)
+    # Padding appends decay 1 (log 0, sign +1) and zero q, k, v: the state is unchanged by it.
+    flat = lambda x: x.reshape(x.shape[0], b * h, *x.shape[-2:])  # noqa: E731  [N, B*H, C, *]
+    q, k, v, g = (flat(to_chunks(x, c)) for x in (q, k, v, g))  # a scalar decay gets a channel dim of 1
+    s = None if s is None else flat(to_chunks(s, c, value=1.0))
+    n_chunks = q.shape[0]
+    if batch_chunks is None:
+        batch_chunks = q.device.type != "cpu"
 
-    decay_in = prefix_decay(g, s)  # prod_{m<=i} a_m within the chunk: [B,H,N,C,D]
-    decay_out = suffix_decay(g, s)  # prod_{m>j} a_m within the chunk
-    chunk_decay = decay_in[..., -1, :]  # [B,H,N,D]
-    if per_channel:
-        scores = _intra_scores_per_channel(q, k, g, s)
-    else:
+    def terms(i):  # i: a chunk index, or a slice over all chunks
+        return _chunk_terms(q[i], k[i], v[i], g[i], None if s is None else s[i])
+
+    batched = terms(slice(None)) if batch_chunks else None
+    state = q.new_zeros(b * h, dk, dv) if state is None else state.reshape(b * h, dk, dv)
+    outs = []
+    for n in range(n_chunks):
+        o_intra, q_in, k_out, chunk_decay = [x[n] for x in batched] if batched is not None else terms(n)
+        outs.append(torch.baddbmm(o_intra, q_in, state))  # O = O_intra + Q_in S
+        state = torch.baddbmm(chunk_decay * state, k_out.transpose(-1, -2), v[n])  # S <- A_C S + K_out^T V
+    o = torch.stack(outs).reshape(n_chunks, b, h, c, dv)
+    return from_chunks(o, t), state.reshape(b, h, dk, dv)
+
+
+def _chunk_terms(q, k, v, g, s):
+    """State-independent terms of a chunk (any leading dims; time at dim -2; g has D = 1 or K channels).
+
+    Returns ``(o_intra, q_in, k_out, chunk_decay)``: the output from inside the chunk, q and k scaled by
+    the decay from the chunk start / to the chunk end, and the chunk's total decay [..., D, 1].
+    """
+    decay_in = prefix_decay(g, s)  # prod_{m<=i} a_m within the chunk
+    if g.shape[-1] == 1:
         scores = (q @ k.transpose(-1, -2)) * segment_decay(g, s).squeeze(-1)
-    o = scores @ v  # [B,H,N,C,V]
-
-    delta = (k * decay_out).transpose(-1, -2) @ v  # contribution of each chunk to its end state
-    states = _scan_chunks(chunk_decay.unsqueeze(-1), delta, state, b, h, dk, dv, q)
-    o = o + (q * decay_in) @ states[:, :, :-1]
-    return from_chunks(o, t), states[:, :, -1]
-
-
-def _scan_chunks(chunk_decay, delta, state, b, h, dk, dv, like):
-    """S_n = chunk_decay_n * S_{n-1} + delta_n. Returns [B,H,N+1,K,V] states (S_0 first)."""
-    if state is None:
-        state = like.new_zeros(b, h, dk, dv)
-    states = [state]
-    for n in range(delta.shape[2]):
-        state = chunk_decay[:, :, n] * state + delta[:, :, n]
-        states.append(state)
-    return torch.stack(states, dim=2)
+    else:
+        scores = _intra_scores_per_channel(q, k, g, s)
+    k_out = k * suffix_decay(g, s)  # k_j * prod_{m>j} a_m
+    return scores @ v, q * decay_in, k_out, decay_in[..., -1:, :].transpose(-1, -2)
 
 
 def _largest_divisor_at_most(n: int, bound: int) -> int:

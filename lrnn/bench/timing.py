@@ -1,0 +1,79 @@
+"""Wall-clock timing (``time.perf_counter``, device synchronised) and the matmul reference rate."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["synchronize", "release_memory", "time_calls", "Timing", "MatmulReference", "measure_matmul"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so a timer read afterwards covers them (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: torch.device) -> None:
+    """Collect garbage and, on CUDA, hand cached blocks back, so one case's memory does not carry over."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: every timed repeat, and their median."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, one timer per call."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return Timing(times)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulReference:
+    """The best rate of ``repeats`` square ``size x size`` matmuls in ``dtype``."""
+
+    size: int
+    dtype: torch.dtype
+    repeats: int
+    best_seconds: float
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.size ** 3
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.best_seconds / 1e9
+
+
+def measure_matmul(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> MatmulReference:
+    """Measure the machine's dense matmul throughput (best of ``repeats`` after one warm-up)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    timing = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
+    return MatmulReference(size, dtype, repeats, min(timing.times))

@@ -1,0 +1,58 @@
+"""Inverse of a unit lower-triangular matrix ``(I + A)^{-1}`` for small batched blocks (A strictly lower).
+
+Batched ``torch.linalg.solve_triangular`` on many 64x64 systems runs at ~1 GFLOP/s on a CPU; this
+version inverts 16x16 diagonal blocks by forward substitution (vectorised over every block) and then
+merges neighbouring blocks with matmuls,
+
+    [[M11, 0], [M21, M22]]^{-1} = [[T11, 0], [-T22 M21 T11, T22]],
+
+so almost all the work is batched matmuls. Plain differentiable torch ops; works under torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_BLOCK = 16
+
+
+def unit_lower_inverse(a: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
+    """Return ``(I + a)^{-1}`` for ``a`` [..., C, C] strictly lower triangular (diagonal ignored)."""
+    c = a.shape[-1]
+    a = torch.tril(a, -1)
+    if c <= block:
+        return _forward_substitution(a)
+    size = block
+    while size < c:
+        size *= 2
+    if size != c:  # pad with an identity block: it does not touch the top-left inverse
+        a = F.pad(a, (0, size - c, 0, size - c))
+    inv = _forward_substitution(_diagonal_blocks(a, block))  # [..., nb, block, block]
+    cur = block
+    while cur < size:
+        t11, t22 = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        a21 = _diagonal_blocks(a, 2 * cur)[..., cur:, :cur]
+        t21 = -(t22 @ (a21 @ t11))
+        top = torch.cat([t11, torch.zeros_like(t11)], dim=-1)
+        inv = torch.cat([top, torch.cat([t21, t22], dim=-1)], dim=-2)
+        cur *= 2
+    return inv[..., 0, :c, :c]
+
+
+def _diagonal_blocks(a: torch.Tensor, block: int) -> torch.Tensor:
+    """[..., S, S] -> [..., S // block, block, block]: the blocks on the diagonal."""
+    nb = a.shape[-1] // block
+    tiles = a.reshape(*a.shape[:-2], nb, block, nb, block)
+    return torch.diagonal(tiles, dim1=-4, dim2=-2).movedim(-1, -3)
+
+
+def _forward_substitution(a: torch.Tensor) -> torch.Tensor:
+    """(I + a)^{-1} row by row: ``T_i = e_i - a_{i,<i} T_{<i}``. a: [..., c, c] strictly lower."""
+    c = a.shape[-1]
+    eye = torch.eye(c, dtype=a.dtype, device=a.device)
+    rows = [eye[0].expand(*a.shape[:-2], 1, c)]
+    for i in range(1, c):
+        previous = torch.cat(rows, dim=-2)  # [..., i, c]
+        rows.append(eye[i] - a[..., i:i + 1, :i] @ previous)
+    return torch.cat(rows, dim=-2)
