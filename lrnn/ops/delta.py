@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from lrnn.ops import _checks
-from lrnn.ops._chunking import compute_dtype, from_chunks, to_chunks
+from lrnn.ops._chunking import compute_dtype, default_batch_chunks, from_chunks, to_chunks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
 from lrnn.ops.triangular import unit_lower_inverse
 
@@ -152,8 +152,8 @@ def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):
 
     The per-chunk terms (triangular inverse, U, W) do not depend on the state. With ``batch_chunks``
     they are computed for all chunks at once (best on GPUs: few large kernels); otherwise inside the
-    sequential loop, one chunk at a time, so temporaries stay cache-sized (2x faster on CPUs). None
-    picks by device.
+    sequential loop, one chunk at a time, so temporaries stay cache-sized (2x faster on CPUs).
+    None picks by device and chunk size (``default_batch_chunks``).
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -166,7 +166,7 @@ def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):
         s = None if s is None else flat(to_chunks(s, c, value=1.0))
     n_chunks = q.shape[0]
     if batch_chunks is None:
-        batch_chunks = q.device.type != "cpu"
+        batch_chunks = default_batch_chunks(q)
 
     def terms(i):  # i: a chunk index, or a slice over all chunks
         return _chunk_terms(q[i], k[i], v[i], beta[i], None if g is None else g[i], None if s is None else s[i])
@@ -176,7 +176,7 @@ def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):
     outs = []
     for n in range(n_chunks):
         u_in, w, q_start, qk, k_end, chunk_decay = (
-            [x[n] for x in batched] if batched is not None else terms(n))
+            [None if x is None else x[n] for x in batched] if batched is not None else terms(n))
         u = torch.baddbmm(u_in, w, state, alpha=-1.0)  # U = u_in - W S
         outs.append(torch.baddbmm(qk @ u, q_start, state))  # O = Q_start S + (L * Q K^T) U
         carried = state if chunk_decay is None else chunk_decay * state

@@ -17,7 +17,7 @@ import torch
 
 from lrnn.ops import _checks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
-from lrnn.ops._chunking import compute_dtype, from_chunks, to_chunks
+from lrnn.ops._chunking import compute_dtype, default_batch_chunks, from_chunks, to_chunks
 
 __all__ = ["decay_recurrence"]
 
@@ -108,7 +108,8 @@ def _chunked(q, k, v, g, s, state, chunk_size, batch_chunks=None):
     """Chunked form: exact intra-chunk attention plus a sequential pass of states across chunks.
 
     ``batch_chunks``: compute the state-independent per-chunk terms for all chunks at once (GPUs) or
-    one chunk at a time inside the loop (CPUs: cache-sized temporaries). None picks by device.
+    one chunk at a time inside the loop (CPUs: cache-sized temporaries). None picks by device and
+    chunk size (``default_batch_chunks``).
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -119,7 +120,7 @@ def _chunked(q, k, v, g, s, state, chunk_size, batch_chunks=None):
     s = None if s is None else flat(to_chunks(s, c, value=1.0))
     n_chunks = q.shape[0]
     if batch_chunks is None:
-        batch_chunks = q.device.type != "cpu"
+        batch_chunks = default_batch_chunks(q)
 
     def terms(i):  # i: a chunk index, or a slice over all chunks
         return _chunk_terms(q[i], k[i], v[i], g[i], None if s is None else s[i])

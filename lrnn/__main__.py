@@ -1,0 +1,5 @@
+import sys
+
+from lrnn.cli import main
+
+sys.exit(main())
