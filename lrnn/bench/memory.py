@@ -34,9 +34,9 @@ from lrnn.bench.cases import Case, as_leaves, case_by_name, forward_backward, gr
 from lrnn.bench.timing import release_memory, synchronize
 
 __all__ = ["Footprint", "MemoryModel", "fit_memory_model", "measure_footprint", "peak_above_inputs",
-           "ScalingPoint", "measure_scaling", "scaling_exponent", "ESTIMATE_MARGIN", "GIB"]
+           "ScalingPoint", "measure_scaling", "scaling_exponent", "ESTIMATE_MARGIN", "GB"]
 
-GIB = 1024 ** 3
+GB = 1e9
 
 #: Budget checks use ``ESTIMATE_MARGIN * estimate``: transients of the backward pass are not in it.
 ESTIMATE_MARGIN = 1.25
@@ -249,7 +249,7 @@ def measure_scaling(case: Case, lengths: list[int], model: MemoryModel, *, mode:
         estimated = model.at(tokens).peak_above_inputs
         needs = model.budget_bytes(tokens)
         if needs > budget_bytes:
-            note = f"skipped (needs ~{needs / GIB:.1f} GB)"
+            note = f"skipped (needs ~{needs / GB:.1f} GB)"
             points.append(ScalingPoint(case.name, tokens, None, estimated, note))
             log(f"  memory {case.name} T={tokens}: {note}")
             continue

@@ -37,19 +37,28 @@ class Timing:
         return statistics.median(self.times)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, one timer per call."""
-    for _ in range(warmup):
-        fn()
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, with the device synchronised before and after."""
     synchronize(device)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return Timing(times)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int,
+               budget_s: float | None = None) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then up to ``repeats`` times timed, one timer per call.
+
+    With ``budget_s``, slow calls get fewer timed repeats: ``max(1, budget_s // t_warmup)``, where
+    ``t_warmup`` is the last warm-up call's time (so a call slower than the budget runs warm-up + 1).
+    """
+    last_warmup = None
+    for _ in range(warmup):
+        last_warmup = _timed(fn, device)
+    if budget_s is not None and last_warmup:
+        repeats = max(1, min(repeats, int(budget_s // last_warmup)))
+    return Timing([_timed(fn, device) for _ in range(repeats)])
 
 
 @dataclasses.dataclass(frozen=True)

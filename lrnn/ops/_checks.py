@@ -36,12 +36,12 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int], layout: str
         raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(x.shape)}")
 
 
-def check_same_dtype_device(named: dict[str, torch.Tensor | None]) -> None:
-    """All given tensors share one dtype and one device."""
+def check_same_dtype_device(named: dict[str, torch.Tensor | None], dtype: bool = True) -> None:
+    """All given tensors share one device (and one dtype unless ``dtype=False``)."""
     items = [(n, t) for n, t in named.items() if t is not None]
     first_name, first = items[0]
     for name, t in items[1:]:
-        if t.dtype != first.dtype:
+        if dtype and t.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; "
                             "all inputs must share one dtype")
         if t.device != first.device:

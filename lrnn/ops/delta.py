@@ -100,13 +100,13 @@ def _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, ini
     _checks.check_shape("v", v, (b, t * n, h, v.shape[-1]), "[batch, time*num_householder, heads, value_dim]")
     _checks.check_tensor("beta", beta, 3, "[batch, time*num_householder, heads]")
     _checks.check_shape("beta", beta, (b, t * n, h), "[batch, time*num_householder, heads]")
-    named = {"q": q, "k": k, "v": v, "beta": beta}
+    _checks.check_same_dtype_device({"q": q, "k": k, "v": v})
+    _checks.check_same_dtype_device({"q": q, "beta": beta}, dtype=False)
     if log_decay is not None:
         _checks.check_tensor("log_decay", log_decay, 3, "[batch, time, heads]")
-        named["log_decay"] = log_decay
+        _checks.check_same_dtype_device({"q": q, "log_decay": log_decay}, dtype=False)
     elif decay_negative is not None:
         raise ValueError("decay_negative was given without log_decay; pass the gate's log|a| as log_decay")
-    _checks.check_same_dtype_device(named)
     if log_decay is not None:
         _checks.check_log_decay(log_decay, decay_negative, {"scalar": ((b, t, h), "[batch, time, heads]")})
     _checks.check_range("beta", beta, 0.0, 2.0, "eigenvalue 1 - beta of the Householder step in [-1, 1]")

@@ -82,7 +82,8 @@ def _check(q, k, v, log_decay, decay_negative, scale, initial_state, mode, chunk
     if not isinstance(log_decay, torch.Tensor) or not log_decay.is_floating_point():
         raise TypeError(f"log_decay must be a floating-point tensor, got "
                         f"{log_decay.dtype if isinstance(log_decay, torch.Tensor) else type(log_decay).__name__}")
-    _checks.check_same_dtype_device({"q": q, "k": k, "v": v, "log_decay": log_decay})
+    _checks.check_same_dtype_device({"q": q, "k": k, "v": v})
+    _checks.check_same_dtype_device({"q": q, "log_decay": log_decay}, dtype=False)
     _checks.check_log_decay(log_decay, decay_negative, {
         "scalar": ((b, t, h), "[batch, time, heads]"),
         "per_channel": ((b, t, h, dk), "[batch, time, heads, key_dim]"),

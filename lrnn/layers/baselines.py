@@ -1,0 +1,99 @@
+"""Baseline mixers for the benchmarks: causal softmax attention (RoPE, KV cache) and an LSTM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) of x [B, T, H, D] by angle ``position * base^(-2i/d)``."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    angles = positions.to(torch.float32)[..., None] * freqs  # [B, T, half]
+    cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal multi-head softmax attention with rotary positions and a KV cache (``state["k"/"v"]``).
+
+    With a padding ``mask`` [B, T] (True = token), padded keys are ignored and positions count real
+    tokens only, so left-padded prompts see the same positions as unpadded ones.
+    """
+
+    def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0, **_: object) -> None:
+        super().__init__()
+        if d_model % num_heads or (d_model // num_heads) % 2:
+            raise ValueError(f"d_model = {d_model} must split into num_heads = {num_heads} heads of even size")
+        self.num_heads, self.head_dim, self.rope_base = num_heads, d_model // num_heads, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
+                mode: str | None = None) -> torch.Tensor:
+        b, t, d = hidden.shape
+        q, k, v = self.qkv(hidden).reshape(b, t, 3, self.num_heads, self.head_dim).unbind(2)
+        past_valid = None if state is None else state.get("valid")  # [B, T_past] bool
+        valid = torch.ones(b, t, dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
+        all_valid = valid if past_valid is None else torch.cat([past_valid, valid], dim=1)
+        positions = (torch.cumsum(all_valid.long(), dim=1) - 1).clamp(min=0)[:, -t:]
+        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        if state is not None:
+            if "k" in state:
+                k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
+            state["k"], state["v"], state["valid"] = k, v, all_valid
+        total = k.shape[1]
+        # Query i (absolute index total - t + i) sees keys j <= that index that are real tokens.
+        causal = torch.ones(t, total, dtype=torch.bool, device=hidden.device).tril(total - t)
+        allowed = causal[None, None] & all_valid[:, None, None, :]
+        # A padded query row may see nothing; let it see itself to avoid NaN (its output is unused).
+        itself = causal & ~torch.ones(t, total, dtype=torch.bool, device=hidden.device).tril(total - t - 1)
+        allowed = allowed | itself[None, None]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=allowed)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class LSTM(nn.Module):
+    """A single-layer LSTM mixer (the recurrent baseline), states cached as ``state["h"/"c"]``.
+
+    Padded positions (mask False) keep the previous (h, c), so left padding is a no-op.
+    """
+
+    def __init__(self, d_model: int, hidden_size: int | None = None, **_: object) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size or d_model
+        self.input_proj = nn.Linear(d_model, 4 * self.hidden_size)
+        self.recurrent_proj = nn.Linear(self.hidden_size, 4 * self.hidden_size, bias=False)
+        self.out_proj = nn.Linear(self.hidden_size, d_model, bias=False)
+        with torch.no_grad():  # forget-gate bias 1: the usual start for long memories
+            self.input_proj.bias.zero_()
+            self.input_proj.bias[self.hidden_size:2 * self.hidden_size] = 1.0
+        nn.init.orthogonal_(self.recurrent_proj.weight)
+
+    def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
+                mode: str | None = None) -> torch.Tensor:
+        b, t, _ = hidden.shape
+        gates_in = self.input_proj(hidden)
+        if state is not None and "h" in state:
+            h, c = state["h"], state["c"]
+        else:
+            h = c = hidden.new_zeros(b, self.hidden_size)
+        outs = []
+        for i in range(t):
+            gi, gf, gg, go = (gates_in[:, i] + self.recurrent_proj(h)).chunk(4, dim=-1)
+            c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+            h_new = torch.sigmoid(go) * torch.tanh(c_new)
+            if mask is not None:
+                keep = mask[:, i, None].bool()
+                h_new, c_new = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+            h, c = h_new, c_new
+            outs.append(h)
+        if state is not None:
+            state["h"], state["c"] = h, c
+        return self.out_proj(torch.stack(outs, dim=1))

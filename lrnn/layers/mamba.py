@@ -1,0 +1,162 @@
+"""Mamba (S6) and Mamba-2 token mixers with an optional [-1, 1] eigenvalue range.
+
+Both follow mamba_ssm's parameterisation, so its checkpoints map onto them one to one. With
+``negative_eigenvalues=True`` the per-step decay ``a = exp(dt * A)`` in (0, 1] becomes ``2a - 1`` in
+[-1, 1] (arXiv 2411.12537), computed in log space with a sign (``lrnn.ops.negative_range``) so the
+chunked scan stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrnn.layers.common import GatedRMSNorm, ShortConv, init_dt_bias, recurrent_mode
+from lrnn.ops import decay_recurrence, negative_range
+
+State = dict[str, torch.Tensor]
+
+
+def _signed_log_decay(log_a: torch.Tensor, negative_eigenvalues: bool):
+    """(log|a'|, a' < 0) for a' = a ([0, 1] range) or a' = 2a - 1 ([-1, 1] range)."""
+    return negative_range(log_a) if negative_eigenvalues else (log_a, None)
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the padded positions (mask [B, T], True = real token) of x [B, T, ...]."""
+    if mask is None:
+        return x
+    return x * mask.reshape(*mask.shape, *([1] * (x.ndim - 2))).to(x.dtype)
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 (SSD) mixer: ``y = out_proj(norm(SSD(x, dt, B, C) + D x, gate=z))``, x: [B, T, d_model].
+
+    in_proj emits ``[z, x, B, C, dt]`` (sizes d_inner, d_inner, G*N, G*N, H); the short conv runs over
+    ``[x, B, C]``; ``dt = clamp(softplus(dt + dt_bias), *dt_limit)``; ``A = -exp(A_log)`` per head;
+    the scan is ``decay_recurrence`` with q = C, k = B, v = dt x, one decay per head.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2,
+                 headdim: int = 64, ngroups: int = 1, A_init_range: tuple[float, float] = (1.0, 16.0),
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 dt_limit: tuple[float, float] = (0.0, float("inf")), D_has_hdim: bool = False,
+                 rmsnorm: bool = True, norm_before_gate: bool = False, conv_bias: bool = True,
+                 bias: bool = False, chunk_size: int = 64, negative_eigenvalues: bool = False,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"expand * d_model = {d_inner} must be divisible by headdim = {headdim}")
+        nheads = d_inner // headdim
+        if nheads % ngroups:
+            raise ValueError(f"the number of heads ({nheads}) must be divisible by ngroups = {ngroups}")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range}")
+        self.d_model, self.d_state, self.d_inner = d_model, d_state, d_inner
+        self.headdim, self.nheads, self.ngroups = headdim, nheads, ngroups
+        self.dt_limit, self.D_has_hdim, self.rmsnorm = tuple(dt_limit), D_has_hdim, rmsnorm
+        self.chunk_size, self.negative_eigenvalues = chunk_size, negative_eigenvalues
+
+        conv_dim = d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=bias)
+        self.conv1d = ShortConv(conv_dim, d_conv, bias=conv_bias)
+        self.dt_bias = nn.Parameter(init_dt_bias(nheads, dt_min, dt_max, dt_init_floor))
+        A = torch.empty(nheads).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_inner if D_has_hdim else nheads))
+        self.norm = GatedRMSNorm(d_inner, d_inner // ngroups, norm_eps, norm_before_gate) if rmsnorm else None
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.A_log._no_weight_decay = self.D._no_weight_decay = self.dt_bias._no_weight_decay = True
+
+    def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
+                mode: str | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+        b, t, _ = hidden.shape
+        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
+        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
+        xbc = self.conv1d(_masked(xbc, mask), state, "conv", mode)
+        x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
+        dt = _masked(dt, mask)  # dt = 0 on padding: decay 1, no input
+        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
+        x = x.reshape(b, t, h, p)
+        bmat = bmat.reshape(b, t, g, n).repeat_interleave(h // g, dim=2)
+        cmat = cmat.reshape(b, t, g, n).repeat_interleave(h // g, dim=2)
+        y, ssm = decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, scale=1.0,
+                                  initial_state=None if state is None else state.get("ssm"),
+                                  output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
+        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
+        y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
+        if state is not None:
+            state["ssm"] = ssm
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
+        return self.out_proj(y)
+
+
+class Mamba(nn.Module):
+    """Mamba (S6) mixer: per-channel selective scan ``h = exp(dt A) h + dt B x``, ``y = C h + D x``.
+
+    in_proj emits ``[x, z]``; short conv over x; x_proj emits ``[dt (dt_rank), B (N), C (N)]``;
+    ``dt = softplus(dt_proj(dt))``; ``A = -exp(A_log)`` [d_inner, N] (S4D-real init ``A_n = n + 1``).
+    As a linear recurrence: heads = d_inner channels, K = N, V = 1, one decay per (channel, state).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, chunk_size: int = 16,
+                 negative_eigenvalues: bool = False) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        if not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        self.d_model, self.d_state, self.d_inner, self.dt_rank = d_model, d_state, d_inner, dt_rank
+        self.chunk_size, self.negative_eigenvalues = chunk_size, negative_eigenvalues
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = ShortConv(d_inner, d_conv, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        std = dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(init_dt_bias(d_inner, dt_min, dt_max, dt_init_floor))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True
+
+    def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
+                mode: str | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+        b, t, _ = hidden.shape
+        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = self.conv1d(_masked(x, mask), state, "conv", mode)
+        dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = _masked(F.softplus(self.dt_proj(dt)), mask)  # [B, T, d_inner]
+        log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, T, d_inner, N]
+        log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues)
+        heads = (b, t, self.d_inner, self.d_state)
+        y, ssm = decay_recurrence(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads),
+                                  (dt * x).unsqueeze(-1), log_a, negative, scale=1.0,
+                                  initial_state=None if state is None else state.get("ssm"),
+                                  output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
+        if state is not None:
+            state["ssm"] = ssm
+        y = (y.squeeze(-1) + x * self.D.to(x.dtype)) * F.silu(z)
+        return self.out_proj(y)

@@ -1,0 +1,96 @@
+"""Cached generation: prefill once, then O(1)-per-token recurrent steps (attention layers grow a KV cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lrnn.layers import Cache
+
+
+@dataclass
+class SamplingConfig:
+    """How the next token is chosen.
+
+    ``do_sample=False`` is greedy decoding. Otherwise logits are divided by ``temperature``, restricted to
+    the ``top_k`` most likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``
+    (1.0: all), then sampled.
+    """
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {self.max_new_tokens!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+
+
+def select_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens [B] from last-position logits [B, V]."""
+    if not sampling.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the top token always stays).
+        drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= sampling.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+             step_fn=None, eos_check_every: int = 8, on_token=None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` after left-padded prompts.
+
+    Args:
+        model: a ``LanguageModel``.
+        input_ids: [B, T] prompts, left-padded; attention_mask [B, T] (1 = token, 0 = padding) or None.
+        sampling: a ``SamplingConfig`` (default: greedy, 32 tokens).
+        step_fn: optional replacement for ``model(ids, cache=cache)`` on single-token steps (e.g. a
+            ``torch.compile``d one).
+        eos_check_every: check for all-finished rows every this many steps (each check syncs with the
+            device, so it is not done every step).
+        on_token: optional callback receiving each step's tokens [B] (streaming).
+
+    Returns:
+        [B, T + n] token ids (n <= max_new_tokens); rows that hit EOS are filled with ``pad_token_id``.
+    """
+    sampling = sampling or SamplingConfig()
+    cache: Cache = model.new_cache()
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask)[:, -1]
+    step = step_fn or (lambda ids, c: model(ids, cache=c))
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    out = [input_ids]
+    for i in range(sampling.max_new_tokens):
+        token = select_next(logits, sampling, generator)
+        if sampling.eos_token_id is not None:
+            token = torch.where(finished, torch.full_like(token, sampling.pad_token_id), token)
+            finished = finished | (token == sampling.eos_token_id)
+        out.append(token[:, None])
+        if on_token is not None:
+            on_token(token)
+        last = i + 1 == sampling.max_new_tokens
+        if last or (sampling.eos_token_id is not None and (i + 1) % eos_check_every == 0 and bool(finished.all())):
+            break
+        logits = step(token[:, None], cache)[:, -1]
+    return torch.cat(out, dim=1)

@@ -1,0 +1,139 @@
+"""The causal LM / token classifier built from any mixers, with cached continuation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrnn.layers import MIXERS, Cache, RMSNorm
+from lrnn.models.config import ModelConfig
+from lrnn.models.io import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+
+
+class GatedMLP(nn.Module):
+    """``fc2(y * silu(gate))`` with ``[y, gate] = fc1(x)`` (mamba_ssm's GatedMLP)."""
+
+    def __init__(self, d_model: int, d_intermediate: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False)
+        self.fc2 = nn.Linear(d_intermediate, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(y * F.silu(gate))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + mlp(norm2(x))`` if there is an MLP."""
+
+    def __init__(self, config: ModelConfig, mixer_name: str) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXERS[mixer_name](config.d_model, **config.mixer_arguments(mixer_name))
+        if config.d_intermediate > 0:
+            self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+            self.mlp = GatedMLP(config.d_model, config.d_intermediate)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor, state: dict | None, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.mixer(self.norm(x), state, mask)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> blocks -> norm -> LM head (or token-classification head when ``num_labels`` is set).
+
+    ``forward(input_ids [B, T], cache=None, attention_mask=None) -> logits [B, T, vocab or labels]``.
+    With a ``Cache`` the model continues from, and updates, the cached states; ``attention_mask``
+    [B, T] (1 = token, 0 = left padding) makes padded positions identity steps.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, name) for name in config.layer_mixers())
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        if config.num_labels is not None:
+            self.head = nn.Linear(config.d_model, config.num_labels, bias=True)
+        else:
+            self.head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+            if config.tie_embeddings:
+                self.head.weight = self.embedding.weight
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def new_cache(self) -> Cache:
+        return Cache(len(self.layers))
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(input_ids, cache, attention_mask)
+        mask = None if attention_mask is None else attention_mask.bool()
+        x = self.embedding(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if cache is None else cache.layers[i], mask)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        logits = self.head(self.norm_f(x))
+        if self.config.num_labels is None and self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
+
+    def _check_inputs(self, input_ids, cache, attention_mask) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int32):
+            got = f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise TypeError(f"input_ids must be an integer tensor [batch, time], got {got}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}), got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        if cache is not None and (not isinstance(cache, Cache) or len(cache) != len(self.layers)):
+            raise ValueError(f"cache must be a Cache with {len(self.layers)} layers (model.new_cache())")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
+        directory = Path(directory)
+        state = self.state_dict()
+        if self.config.tie_embeddings and self.config.num_labels is None:
+            state.pop("head.weight", None)  # tied: stored once, as the embedding
+        save_weights(state, directory / WEIGHTS_NAME)
+        self.config.save(directory / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LanguageModel":
+        """Load a directory written by ``save_pretrained``; missing, unexpected or mis-shaped tensors
+        raise an error that names the file and the keys."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory not found: {directory}")
+        config = ModelConfig.load(directory / CONFIG_NAME)
+        model = cls(config)
+        weights_path = directory / WEIGHTS_NAME
+        state = load_weights(weights_path)
+        expected = model.state_dict()
+        if config.tie_embeddings and config.num_labels is None:
+            expected.pop("head.weight", None)
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{weights_path} does not match {directory / CONFIG_NAME}: "
+                             f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"the config expects {tuple(expected[name].shape)}")
+        model.load_state_dict(state, strict=False)
+        return model.to(map_location)
