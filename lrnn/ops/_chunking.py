@@ -49,3 +49,10 @@ def default_batch_chunks(x: torch.Tensor) -> bool:
     all-at-once temporaries fall out of cache and run about 2x slower than a chunk at a time.
     """
     return x.device.type != "cpu" or x[0].numel() < 2**16
+
+
+def empty_sequence(q: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None):
+    """Output [B, 0, H, V] and the unchanged (or zero) [B, H, K, V] state for a T = 0 input."""
+    b, _, h, dk = q.shape
+    out = v.new_zeros(b, 0, h, v.shape[-1])
+    return out, (q.new_zeros(b, h, dk, v.shape[-1]) if state is None else state)

@@ -50,7 +50,9 @@ def short_conv(
     b, t, d = x.shape
     history = x.new_zeros(b, width - 1, d) if initial_state is None else initial_state.to(x.dtype)
     padded = torch.cat([history, x], dim=1)  # [B, W-1+T, D]
-    if mode == "recurrent":
+    if t == 0:
+        y = x
+    elif mode == "recurrent":
         y = torch.stack([(padded[:, i:i + width] * weight.t()).sum(1) for i in range(t)], dim=1)
     else:
         y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), groups=d).transpose(1, 2)

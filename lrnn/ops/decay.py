@@ -33,15 +33,17 @@ def decay_from_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def negative_range(log_decay: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Map a decay ``a = exp(log_decay)`` in [0, 1] to ``2a - 1`` in [-1, 1], in log space.
 
-    Returns ``(log|2a - 1|, 2a - 1 < 0)``. Computed as ``log1p(2 expm1(x))`` for the positive branch, so
-    ``a = 1 - eps`` maps to ``1 - 2 eps`` without cancellation. This is the eigenvalue extension of
+    Returns ``(log|2a - 1|, 2a - 1 < 0)``. Computed as ``log1p(2 expm1(x))`` on the positive side and
+    ``log1p(-2 exp(x))`` on the negative side, so ``a = 1 - eps`` maps to ``1 - 2 eps`` and ``a = eps`` to
+    ``-(1 - 2 eps)`` without cancellation. This is the eigenvalue extension of
     arXiv 2411.12537 for diagonal transitions.
     """
     twice_expm1 = 2.0 * torch.expm1(log_decay)  # (2a - 1) - 1, exact near a = 1
+    twice_a = 2.0 * torch.exp(log_decay)  # 1 - (2a - 1) = 1 - |2a - 1| on the negative side, exact near a = 0
     positive = twice_expm1 > -1.0
-    # Clamp keeps the unused branch finite so where() has clean gradients.
+    # Each branch is fed a harmless value where it is not used, so where() has clean gradients.
     log_pos = torch.log1p(torch.where(positive, twice_expm1, torch.zeros_like(twice_expm1)))
-    log_neg = torch.log(torch.where(positive, torch.ones_like(twice_expm1), -(1.0 + twice_expm1)))
+    log_neg = torch.log1p(-torch.where(positive, torch.zeros_like(twice_a), twice_a))
     return torch.where(positive, log_pos, log_neg), ~positive
 
 

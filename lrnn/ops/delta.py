@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from lrnn.ops import _checks
-from lrnn.ops._chunking import compute_dtype, default_batch_chunks, from_chunks, to_chunks
+from lrnn.ops._chunking import compute_dtype, default_batch_chunks, empty_sequence, from_chunks, to_chunks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
 from lrnn.ops.triangular import unit_lower_inverse
 
@@ -74,7 +74,9 @@ def delta_rule(
     g = None if log_decay is None else log_decay.to(dtype)
     s = None if g is None else signs(decay_negative, g)
     state = None if initial_state is None else initial_state.to(dtype)
-    if mode == "recurrent":
+    if q.shape[1] == 0:  # an empty sequence leaves the state as it was
+        o, state = empty_sequence(q, v, state)
+    elif mode == "recurrent":
         o, state = _recurrent(q * scale, k, v, beta, g, s, state, num_householder)
     else:
         q, g, s = _flatten_householder(q * scale, g, s, num_householder)

@@ -17,7 +17,7 @@ import torch
 
 from lrnn.ops import _checks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
-from lrnn.ops._chunking import compute_dtype, default_batch_chunks, from_chunks, to_chunks
+from lrnn.ops._chunking import compute_dtype, default_batch_chunks, empty_sequence, from_chunks, to_chunks
 
 __all__ = ["decay_recurrence"]
 
@@ -63,7 +63,9 @@ def decay_recurrence(
     q, k, v, g = (t.to(dtype) for t in (q, k, v, log_decay))
     s = signs(decay_negative, g)
     state = None if initial_state is None else initial_state.to(dtype)
-    if mode == "recurrent":
+    if q.shape[1] == 0:  # an empty sequence leaves the state as it was
+        o, state = empty_sequence(q, v, state)
+    elif mode == "recurrent":
         o, state = _recurrent(q * scale, k, v, g, s, state)
     else:
         o, state = _chunked(q * scale, k, v, g, s, state, chunk_size)
