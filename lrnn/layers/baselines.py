@@ -6,16 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrnn.layers.common import check_positive
+
 State = dict[str, torch.Tensor]
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate pairs (x_i, x_{i+d/2}) of x [B, T, H, D] by angle ``position * base^(-2i/d)``."""
     half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
-    angles = positions.to(torch.float32)[..., None] * freqs  # [B, T, half]
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    freqs = base ** (-torch.arange(half, dtype=dtype, device=x.device) / half)
+    angles = positions.to(dtype)[..., None] * freqs  # [B, T, half]
     cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    x1, x2 = x[..., :half].to(dtype), x[..., half:].to(dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
@@ -28,6 +31,7 @@ class Attention(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0, **_: object) -> None:
         super().__init__()
+        check_positive(d_model=d_model, num_heads=num_heads)
         if d_model % num_heads or (d_model // num_heads) % 2:
             raise ValueError(f"d_model = {d_model} must split into num_heads = {num_heads} heads of even size")
         self.num_heads, self.head_dim, self.rope_base = num_heads, d_model // num_heads, rope_base
@@ -67,7 +71,8 @@ class LSTM(nn.Module):
 
     def __init__(self, d_model: int, hidden_size: int | None = None, **_: object) -> None:
         super().__init__()
-        self.hidden_size = hidden_size or d_model
+        self.hidden_size = d_model if hidden_size is None else hidden_size
+        check_positive(d_model=d_model, hidden_size=self.hidden_size)
         self.input_proj = nn.Linear(d_model, 4 * self.hidden_size)
         self.recurrent_proj = nn.Linear(self.hidden_size, 4 * self.hidden_size, bias=False)
         self.out_proj = nn.Linear(self.hidden_size, d_model, bias=False)

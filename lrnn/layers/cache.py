@@ -1,7 +1,7 @@
 """The one cache object for every layer kind: per-layer named state tensors.
 
 A recurrent layer keeps fixed-size states (``"conv"`` for each short conv, ``"ssm"`` for the recurrent
-state, ``"lstm_h"``/``"lstm_c"``); attention keeps its growing ``"k"``/``"v"``. Layers read their
+state, ``"h"``/``"c"`` for the LSTM); attention keeps its growing ``"k"``/``"v"``. Layers read their
 entry, run from it, and write the new states back, so ``model(ids, cache=cache)`` continues a sequence.
 """
 

@@ -11,18 +11,40 @@ from torch import nn
 from lrnn.ops import short_conv
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 at least (float64 stays float64): for norms, decays and other precision-hungry math."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def check_positive(**sizes: object) -> None:
+    """Raise a clear error unless every named value is an int >= 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight`` over the last dim (computed in float32)."""
+    """``x / rms(x) * weight`` over the last dim (computed in float32 at least)."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
+        check_positive(dim=dim)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        xw = wide(x)
+        y = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * wide(self.weight)).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -36,6 +58,9 @@ class GatedRMSNorm(nn.Module):
                  norm_before_gate: bool = False) -> None:
         super().__init__()
         group_size = dim if group_size is None else group_size
+        check_positive(dim=dim, group_size=group_size)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
         if dim % group_size:
             raise ValueError(f"group_size must divide dim={dim}, got {group_size}")
         self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
@@ -43,14 +68,14 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = wide(x)
         if z is not None and not self.norm_before_gate:
-            x = x * F.silu(z.float())
+            x = x * F.silu(wide(z))
         groups = x.reshape(*x.shape[:-1], -1, self.group_size)
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = groups.reshape(x.shape) * self.weight.float()
+        y = groups.reshape(x.shape) * wide(self.weight)
         if z is not None and self.norm_before_gate:
-            y = y * F.silu(z.float())
+            y = y * F.silu(wide(z))
         return y.to(dtype)
 
 
@@ -62,8 +87,7 @@ class ShortConv(nn.Module):
 
     def __init__(self, dim: int, width: int = 4, bias: bool = True, activation: str | None = "silu") -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"conv width must be >= 1, got {width}")
+        check_positive(dim=dim, width=width)
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(dim, 1, width))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None

@@ -15,16 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import GatedRMSNorm, RMSNorm, ShortConv, init_dt_bias, recurrent_mode
+from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, check_flag, check_positive, init_dt_bias,
+                                 recurrent_mode, wide)
 from lrnn.layers.mamba import _masked
 from lrnn.ops import delta_rule
 
 State = dict[str, torch.Tensor]
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Decays and betas stay in float32 at least (precision near 1 matters more than for activations)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class DeltaNet(nn.Module):
@@ -45,15 +41,18 @@ class DeltaNet(nn.Module):
                  conv_size: int = 4, conv_bias: bool = False, negative_eigenvalues: bool = False,
                  chunk_size: int = 64, norm_eps: float = 1e-5) -> None:
         super().__init__()
+        check_positive(d_model=d_model, num_heads=num_heads, num_householder=num_householder, chunk_size=chunk_size)
+        check_flag("negative_eigenvalues", negative_eigenvalues)
+        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
+            raise ValueError(f"conv_size must be an int >= 0 (0: no short conv), got {conv_size!r}")
         if head_dim is None:
             if d_model % num_heads:
                 raise ValueError(f"d_model = {d_model} must be divisible by num_heads = {num_heads}")
             head_dim = d_model // num_heads
+        check_positive(head_dim=head_dim)
         value_dim = int(head_dim * expand_v)
         if value_dim < 1 or value_dim != head_dim * expand_v:
             raise ValueError(f"expand_v * head_dim must be a positive integer, got {expand_v} * {head_dim}")
-        if num_householder < 1:
-            raise ValueError(f"num_householder must be >= 1, got {num_householder}")
         self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, value_dim
         self.num_householder, self.negative_eigenvalues, self.chunk_size = num_householder, negative_eigenvalues, chunk_size
         n_h, key, val = num_householder, num_heads * head_dim, num_heads * value_dim
@@ -97,13 +96,13 @@ class DeltaNet(nn.Module):
         q = F.normalize(q.reshape(b, t, h, self.head_dim), dim=-1)
         k = F.normalize(k.reshape(b, t * n_h, h, self.head_dim), dim=-1)  # [t, n_h] flattened token-major
         v = v.reshape(b, t * n_h, h, self.value_dim)
-        beta = torch.sigmoid(_wide(self.b_proj(hidden)))
+        beta = torch.sigmoid(wide(self.b_proj(hidden)))
         if self.negative_eigenvalues:
             beta = 2.0 * beta
         beta = _masked(beta, mask).reshape(b, t * n_h, h)  # beta = 0 on padding: identity step
         log_a = None
         if self.use_forget_gate:
-            log_a = -torch.exp(_wide(self.A_log)) * F.softplus(_wide(self.a_proj(hidden)) + _wide(self.dt_bias))
+            log_a = -torch.exp(wide(self.A_log)) * F.softplus(wide(self.a_proj(hidden)) + wide(self.dt_bias))
             log_a = _masked(log_a, mask)
         o, ssm = delta_rule(q, k, v, beta, log_a, num_householder=n_h,
                             initial_state=None if state is None else state.get("ssm"),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import GatedRMSNorm, ShortConv, init_dt_bias, recurrent_mode
+from lrnn.layers.common import GatedRMSNorm, ShortConv, check_flag, check_positive, init_dt_bias, recurrent_mode
 from lrnn.ops import decay_recurrence, negative_range
 
 State = dict[str, torch.Tensor]
@@ -48,6 +48,9 @@ class Mamba2(nn.Module):
                  bias: bool = False, chunk_size: int = 64, negative_eigenvalues: bool = False,
                  norm_eps: float = 1e-5) -> None:
         super().__init__()
+        check_positive(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
+                       ngroups=ngroups, chunk_size=chunk_size)
+        check_flag("negative_eigenvalues", negative_eigenvalues)
         d_inner = expand * d_model
         if d_inner % headdim:
             raise ValueError(f"expand * d_model = {d_inner} must be divisible by headdim = {headdim}")
@@ -114,9 +117,11 @@ class Mamba(nn.Module):
                  conv_bias: bool = True, bias: bool = False, chunk_size: int = 16,
                  negative_eigenvalues: bool = False) -> None:
         super().__init__()
+        check_positive(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size)
+        check_flag("negative_eigenvalues", negative_eigenvalues)
         d_inner = expand * d_model
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        if not isinstance(dt_rank, int) or dt_rank < 1:
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
             raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}")
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")

@@ -52,12 +52,15 @@ class ModelConfig:
             _check_int("num_labels", self.num_labels, 1)
         if not isinstance(self.negative_eigenvalues, bool):
             raise TypeError(f"negative_eigenvalues must be a bool, got {self.negative_eigenvalues!r}")
+        if not isinstance(self.mixer_kwargs, dict) or not all(isinstance(v, dict) for v in self.mixer_kwargs.values()):
+            raise TypeError("mixer_kwargs must map mixer names to dicts of constructor arguments, "
+                            f"got {self.mixer_kwargs!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         names = self.layer_mixers()
         unknown = sorted({n for n in names if n not in MIXERS} | {n for n in self.mixer_kwargs if n not in MIXERS})
         if unknown:
             raise ValueError(f"unknown mixer name(s) {unknown}; known: {sorted(MIXERS)}")
-        if not isinstance(self.mixer_kwargs, dict) or not all(isinstance(v, dict) for v in self.mixer_kwargs.values()):
-            raise TypeError("mixer_kwargs must map mixer names to dicts of constructor arguments")
 
     def layer_mixers(self) -> list[str]:
         """The mixer name of each layer."""

@@ -29,6 +29,10 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {self.max_new_tokens!r}")
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int token id, got {value!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -76,6 +80,11 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         [B, T + n] token ids (n <= max_new_tokens); rows that hit EOS are filled with ``pad_token_id``.
     """
     sampling = sampling or SamplingConfig()
+    vocab = model.config.vocab_size
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(sampling, name)
+        if value is not None and not 0 <= value < vocab:
+            raise ValueError(f"{name} must be a token id in [0, {vocab}), got {value}")
     cache: Cache = model.new_cache()
     logits = model(input_ids, cache=cache, attention_mask=attention_mask)[:, -1]
     step = step_fn or (lambda ids, c: model(ids, cache=c))

@@ -1,0 +1,89 @@
+"""Shared helpers for the model tests: tiny seeded models, error metric, one-thread fixture.
+
+Kept in a uniquely named module rather than in ``conftest.py``: the ``tests/ops`` tests do
+``from conftest import ...``, and a second ``conftest`` module on the path would shadow theirs whenever
+both directories are passed to pytest on one command line.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrnn.layers import MIXERS, RECURRENT_MIXERS
+from lrnn.models import LanguageModel, ModelConfig
+
+F64 = torch.float64
+F32 = torch.float32
+TOL = {F64: 1e-10, F32: 1e-4}
+
+VOCAB = 40
+D_MODEL = 16
+
+# Small constructor arguments for every mixer (chunk sizes below the test lengths: several chunks).
+TINY_MIXER_KWARGS = {
+    "mamba": {"d_state": 4, "chunk_size": 8},
+    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
+    "deltanet": {"num_heads": 2, "chunk_size": 8},
+    "gated_deltanet": {"num_heads": 2, "chunk_size": 8},
+    "deltaproduct": {"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
+    "attention": {"num_heads": 2},
+    "lstm": {},
+}
+ALL_MIXERS = sorted(MIXERS)
+
+
+def tiny_config(mixer="mamba2", n_layers=2, **overrides) -> ModelConfig:
+    """A 16-wide config with a small MLP and tiny mixers; ``overrides`` replace any field."""
+    fields = dict(vocab_size=VOCAB, d_model=D_MODEL, n_layers=n_layers, mixer=mixer, d_intermediate=32,
+                  negative_eigenvalues=True, mixer_kwargs={k: dict(v) for k, v in TINY_MIXER_KWARGS.items()})
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def build_model(config: ModelConfig, dtype=F64, seed: int = 0, embedding_std: float = 1.0) -> LanguageModel:
+    """A seeded model in eval mode. The embedding is redrawn with ``embedding_std`` (default 1, not the
+    0.02 init) so that logits are spread out and greedy decoding visits many tokens."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LanguageModel(config)
+        if embedding_std is not None:
+            torch.nn.init.normal_(model.embedding.weight, std=embedding_std)
+    return model.to(dtype).eval()
+
+
+def random_ids(batch: int, time: int, seed: int = 1, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, time), generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b||_F / ||b||_F`` in float64 (0 when both are zero, inf for a zero reference only)."""
+    assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
+    a, b = a.detach().to(F64), b.detach().to(F64)
+    num, den = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e}"
+
+
+def is_recurrent(name: str) -> bool:
+    return name in RECURRENT_MIXERS
+
+
+@pytest.fixture(scope="module")
+def single_threaded():
+    """Run a module's tests with one intra-op thread, then restore the previous count.
+
+    The tensors here are tiny: a second thread only adds synchronisation, and on a shared two-core
+    machine a busy neighbour makes every multi-threaded op wait (measured: ~10x slower runs).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
