@@ -23,7 +23,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lrnn.bench", description="lrnn benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     ops_parser = commands.add_parser("ops", help="time and size the core operators (lrnn.ops)",
-                                     description=ops.__doc__.split("\n\n")[0])
+                                     description=ops.DESCRIPTION)
     ops.add_arguments(ops_parser)
     ops_parser.set_defaults(handler=ops.run_from_args, parser=ops_parser)
     return parser

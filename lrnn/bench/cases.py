@@ -303,9 +303,9 @@ def default_cases() -> list[Case]:
                       "Gated DeltaProduct: num_householder=2 (T tokens = 2T sub-steps), a ~ U[-1,1], "
                       "beta ~ U[0,2]", delta, gated=True, num_householder=2),
         DecayRecurrenceCase("mamba2", "decay_recurrence",
-                            "Mamba-2-like: scalar decay per head a ~ U[-1,1], d_state K=128, headdim V=64",
+                            "Mamba-2-like: one decay per head a ~ U[-1,1], d_state K, headdim V",
                             {"B": 4, "T": 2048, "H": 16, "K": 128, "V": 64}),
-        DecayRecurrenceCase("gla", "decay_recurrence", "GLA-like: per-channel decay a ~ U[-1,1]",
+        DecayRecurrenceCase("gla", "decay_recurrence", "GLA-like: one decay per key channel a ~ U[-1,1]",
                             {"B": 4, "T": 2048, "H": 8, "K": 128, "V": 128}, per_channel=True),
         ShortConvCase("short_conv", "short_conv", "depthwise causal conv, bias + SiLU",
                       {"B": 4, "T": 2048, "D": 2048, "W": 4}),

@@ -249,7 +249,7 @@ def measure_scaling(case: Case, lengths: list[int], model: MemoryModel, *, mode:
         estimated = model.at(tokens).peak_above_inputs
         needs = model.budget_bytes(tokens)
         if needs > budget_bytes:
-            note = f"skipped (needs ~{needs / GB:.1f} GB)"
+            note = f"skipped (needs ~{needs / GB:.3g} GB)"
             points.append(ScalingPoint(case.name, tokens, None, estimated, note))
             log(f"  memory {case.name} T={tokens}: {note}")
             continue

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = ["add_arguments", "run", "main", "Settings", "machine_info"]
 MODES = ("chunk", "recurrent")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 SHAPE_KEYS = ("B", "T", "H", "K", "V", "D", "W")
+
+DESCRIPTION = "Speed (GFLOP/s beside the measured matmul rate) and memory of the core operators of lrnn.ops."
 
 #: The issue's target: chunked delta rule forward >= 30% of the measured matmul rate.
 TARGET = {"case": "delta", "mode": "chunk", "pass": "fwd", "threshold": 0.30}
@@ -79,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 3; 1 with --quick); the median is reported")
     parser.add_argument("--recurrent-repeats", type=int, default=1,
                         help="timed runs per recurrent-mode measurement (default 1: the Python loop is slow)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed runs before timing (default 1; 0 with --quick)")
     parser.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS",
                         help="cap on the timed runs of one measurement: at most budget / warm-up time "
                              "(at least 1) (default 60)")
@@ -142,7 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.warmup < 0:
+    if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     lengths = args.memory_lengths or ([32, 64] if args.quick else [512, 1024, 2048, 4096])
     return Settings(
@@ -151,7 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cases=cases,
         modes=[mode for mode in MODES if mode in args.modes],
         chunk_size=args.chunk_size or (16 if args.quick else 64),
-        warmup=args.warmup,
+        warmup=(0 if args.quick else 1) if args.warmup is None else args.warmup,
         repeats=args.repeats or (1 if args.quick else 3),
         recurrent_repeats=args.recurrent_repeats,
         time_budget_s=args.time_budget,
@@ -178,8 +182,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _git_revision() -> str | None:
+    """``<short hash>`` of the checkout lrnn is imported from; ``+dirty`` when lrnn/ops has local changes."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lrnn/ops"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def _load_average() -> float | None:
+    """1-minute load average (None where the platform has none): other work on the CPU skews timings."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model, cores, torch/Python versions, intra-op threads and the device's name."""
+    """CPU model, cores, torch/Python versions, intra-op threads, the device's name and the current load."""
     cpu = _cpu_model()
     return {
         "cpu_model": cpu,
@@ -190,6 +215,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "load_average_at_start": _load_average(),
+        "lrnn_revision": _git_revision(),
     }
 
 
@@ -219,9 +246,9 @@ def _time_forward_backward(case: Case, inputs: dict[str, torch.Tensor], mode: st
     return timing
 
 
-def _result(case: Case, mode: str, pass_: str, flops: int, timing: Timing | None, matmul: MatmulReference,
+def _result(case: Case, mode: str, pass_: str, flops: int, timing: Timing | None, matmul_gflops: float,
             estimate: MemoryModel | None = None, skipped: str | None = None) -> dict[str, Any]:
-    """One row of the results (JSON-ready)."""
+    """One row of the results (JSON-ready); ``fraction_of_matmul`` is relative to ``matmul_gflops``."""
     row: dict[str, Any] = {"case": case.name, "op": case.op, "shape": dict(case.shape),
                            "shape_label": case.shape_label(), "mode": mode, "pass": pass_, "flops": flops,
                            "skipped": skipped, "times_s": [], "median_s": None, "gflops": None,
@@ -233,8 +260,15 @@ def _result(case: Case, mode: str, pass_: str, flops: int, timing: Timing | None
     if timing is not None:
         gflops = flops / timing.median / 1e9
         row.update(times_s=timing.times, median_s=timing.median, gflops=gflops,
-                   fraction_of_matmul=gflops / matmul.gflops)
+                   fraction_of_matmul=gflops / matmul_gflops)
     return row
+
+
+def _set_reference(rows: list[dict[str, Any]], matmul_gflops: float) -> None:
+    """Recompute every row's fraction of matmul against the final reference rate."""
+    for row in rows:
+        if row["gflops"] is not None:
+            row["fraction_of_matmul"] = row["gflops"] / matmul_gflops
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -245,14 +279,14 @@ def _describe(row: dict[str, Any]) -> str:
             f"{row['gflops']:.1f} GFLOP/s = {100 * row['fraction_of_matmul']:.1f}% of matmul")
 
 
-def bench_case(case: Case, s: Settings, matmul: MatmulReference, models: dict[tuple[str, str], MemoryModel],
+def bench_case(case: Case, s: Settings, matmul_gflops: float, models: dict[tuple[str, str], MemoryModel],
                log: Log = _log) -> list[dict[str, Any]]:
-    """Forward and forward+backward of ``case`` in every selected mode."""
+    """Forward and forward+backward of ``case`` in every selected mode (fills ``models`` per mode)."""
     rows = []
     inputs = case.make_inputs(s.device, s.dtype)
     flops = case.flops(s.chunk_size)
     for mode in s.modes:
-        rows.append(_result(case, mode, "fwd", flops, _time_forward(case, inputs, mode, s), matmul))
+        rows.append(_result(case, mode, "fwd", flops, _time_forward(case, inputs, mode, s), matmul_gflops))
         log(_describe(rows[-1]))
         release_memory(s.device)
 
@@ -260,13 +294,15 @@ def bench_case(case: Case, s: Settings, matmul: MatmulReference, models: dict[tu
         needs = model.budget_bytes(case.tokens)
         fwd_bwd_flops = BACKWARD_FLOP_FACTOR * flops
         if needs > s.max_memory_gb * GB:
-            skipped = f"skipped (needs ~{needs / GB:.1f} GB)"
-            rows.append(_result(case, mode, "fwd+bwd", fwd_bwd_flops, None, matmul, model, skipped))
+            skipped = f"skipped (needs ~{needs / GB:.3g} GB)"
+            rows.append(_result(case, mode, "fwd+bwd", fwd_bwd_flops, None, matmul_gflops, model, skipped))
         else:
             timing = _time_forward_backward(case, inputs, mode, s)
-            rows.append(_result(case, mode, "fwd+bwd", fwd_bwd_flops, timing, matmul, model))
+            rows.append(_result(case, mode, "fwd+bwd", fwd_bwd_flops, timing, matmul_gflops, model))
         log(_describe(rows[-1]))
         release_memory(s.device)
+    del inputs
+    release_memory(s.device, collect=True)
     return rows
 
 
@@ -323,18 +359,33 @@ def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "fraction": None if row is None else row["fraction_of_matmul"]}
 
 
-def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
-    """Run every measurement and return the report (JSON-ready)."""
-    machine = machine_info(s.device)
-    log(f"lrnn.bench ops: device {s.device}, dtype {s.dtype}, torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, {machine['cpu_model']}")
-    matmul_dtype = _compute_dtype(s.dtype)
-    matmul = measure_matmul(s.device, matmul_dtype, s.matmul_size, s.matmul_repeats)
-    log(f"matmul {matmul.size}x{matmul.size} {matmul_dtype}: {matmul.gflops:.1f} GFLOP/s (best of {matmul.repeats})")
+def _measure_matmul(s: Settings, when: str, log: Log) -> MatmulReference:
+    matmul = measure_matmul(s.device, _compute_dtype(s.dtype), s.matmul_size, s.matmul_repeats)
+    log(f"matmul {matmul.size}x{matmul.size} {str(matmul.dtype).removeprefix('torch.')} ({when}): "
+        f"{matmul.gflops:.1f} GFLOP/s (best of {matmul.repeats})")
     release_memory(s.device)
+    return matmul
 
+
+def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
+    """Run every measurement and return the report (JSON-ready).
+
+    The matmul reference is measured before and after the timings; ratios use the higher of the two, so
+    a slowdown of the whole machine during the run shows up as a gap between them.
+    """
+    machine = machine_info(s.device)
+    log(f"lrnn.bench ops: device {s.device}, dtype {str(s.dtype).removeprefix('torch.')}, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, {machine['cpu_model']}")
+    load = machine["load_average_at_start"]
+    if load is not None and load > 0.5:
+        log(f"warning: 1-minute load average is {load:.2f} before starting; other processes compete for the "
+            "CPU and will inflate the timings")
+    start = _measure_matmul(s, "start", log)
     models: dict[tuple[str, str], MemoryModel] = {}
-    rows = [row for case in s.cases for row in bench_case(case, s, matmul, models, log)]
+    rows = [row for case in s.cases for row in bench_case(case, s, start.gflops, models, log)]
+    end = _measure_matmul(s, "end", log)
+    reference = max(start, end, key=lambda m: m.gflops)
+    _set_reference(rows, reference.gflops)
     sweep = memory_sweep(s, models, log)
     _attach_measured_peaks(rows, sweep)
     return {
@@ -342,8 +393,9 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine,
         "settings": s.as_dict(),
-        "matmul": {"size": matmul.size, "dtype": str(matmul_dtype).removeprefix("torch."),
-                   "repeats": matmul.repeats, "best_seconds": matmul.best_seconds, "gflops": matmul.gflops},
+        "matmul": {"size": reference.size, "dtype": str(reference.dtype).removeprefix("torch."),
+                   "repeats": reference.repeats, "best_seconds": reference.best_seconds,
+                   "gflops": reference.gflops, "gflops_start": start.gflops, "gflops_end": end.gflops},
         "flop_definitions": FLOP_DEFINITIONS,
         "backward_flop_factor": BACKWARD_FLOP_FACTOR,
         "estimate_margin": ESTIMATE_MARGIN,
@@ -358,7 +410,7 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m lrnn.bench ops") -> int:
     """Parse ``argv`` (the arguments after ``ops``), run, print the report, write JSON if asked."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv), " ".join([prog, *map(shlex.quote, argv)]), parser)
 

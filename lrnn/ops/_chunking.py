@@ -1,7 +1,9 @@
-"""Reshaping helpers for the chunked algorithms: [B, T, H, D] <-> chunk-major [N, B, H, C, D].
+"""Chunking helpers shared by the chunked algorithms.
 
-Chunk-major layout keeps each chunk's [B, H, C, D] block contiguous, so the sequential pass over chunks
-indexes views that batched matmuls take without copying.
+Inputs [B, T, H, D] are split along time into chunks of C steps (views, no copy); each chunk is laid out
+heads-first as [B*H, C, D] for batched matmuls. The per-chunk schedule makes that small copy inside the
+loop, where it stays in cache and its memory is reused; the batched schedule stacks all chunks into
+[N, B*H, C, D] at once.
 """
 
 from __future__ import annotations
@@ -24,31 +26,48 @@ def pad_time(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor
     return F.pad(x, pad, value=value)
 
 
-def to_chunks(x: torch.Tensor, c: int, value: float = 0.0) -> torch.Tensor:
-    """Pad time to a multiple of ``c`` with ``value``, then [B, T, H, D] -> contiguous [N, B, H, C, D].
-
-    A [B, T, H] tensor gets a trailing dim of 1.
-    """
+def split_chunks(x: torch.Tensor | None, c: int, value: float = 0.0) -> tuple[torch.Tensor, ...] | None:
+    """[B, T, H, D] (or [B, T, H]) -> views [B, C, H, D] of each chunk, the last padded with ``value``."""
+    if x is None:
+        return None
     if x.ndim == 3:
         x = x.unsqueeze(-1)
-    x = pad_time(x, c, value)
-    b, t, h, d = x.shape
-    return x.reshape(b, t // c, c, h, d).permute(1, 0, 3, 2, 4).contiguous()
+    return pad_time(x, c, value).split(c, dim=1)
 
 
-def from_chunks(x: torch.Tensor, t: int) -> torch.Tensor:
-    """[N, B, H, C, D] -> [B, T, H, D], dropping padding past ``t``."""
-    n, b, h, c, d = x.shape
-    return x.permute(1, 0, 3, 2, 4).reshape(b, n * c, h, d)[:, :t]
+def heads_first(chunk: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, D] -> [B*H, C, D] (a copy of one chunk)."""
+    b, c, h, d = chunk.shape
+    return chunk.transpose(1, 2).reshape(b * h, c, d)
+
+
+def stack_chunks(chunks: tuple[torch.Tensor, ...] | None) -> torch.Tensor | None:
+    """All chunks heads-first at once: [N, B*H, C, D]."""
+    return None if chunks is None else torch.stack([heads_first(x) for x in chunks])
+
+
+def merge_chunks(outs: list[torch.Tensor], b: int, h: int, t: int) -> torch.Tensor:
+    """Per-chunk outputs [B*H, C, V] -> [B, T, H, V] in one copy, dropping padding past ``t``."""
+    pieces = [o.reshape(b, h, *o.shape[1:]).transpose(1, 2) for o in outs]
+    return torch.cat(pieces, dim=1)[:, :t]
 
 
 def default_batch_chunks(x: torch.Tensor) -> bool:
-    """Whether to compute the per-chunk terms for all chunks at once. x: [N, B*H, C, D].
+    """Whether to compute the per-chunk terms for all chunks at once. x: a [B, C, H, D] chunk.
 
     On GPUs, always (few large kernels). On CPUs, only when a chunk is small: for large chunks the
     all-at-once temporaries fall out of cache and run about 2x slower than a chunk at a time.
     """
-    return x.device.type != "cpu" or x[0].numel() < 2**16
+    return x.device.type != "cpu" or x.numel() < 2**16
+
+
+def unbind_chunks(tensors):
+    """Split each [N, ...] tensor (or None) into its N chunks, once.
+
+    The chunk loops index these tuples instead of ``x[n]``: backward then builds one stacked gradient per
+    tensor, where indexing would allocate a full-size zero gradient for every chunk (O(N^2) traffic).
+    """
+    return [None if x is None else x.unbind(0) for x in tensors]
 
 
 def empty_sequence(q: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None):

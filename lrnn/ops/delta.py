@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from lrnn.ops import _checks
-from lrnn.ops._chunking import compute_dtype, default_batch_chunks, empty_sequence, from_chunks, to_chunks
+from lrnn.ops._chunking import (compute_dtype, default_batch_chunks, empty_sequence, heads_first, merge_chunks,
+                                split_chunks, stack_chunks, unbind_chunks)
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
 from lrnn.ops.triangular import unit_lower_inverse
 
@@ -161,30 +162,25 @@ def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):
     dv = v.shape[-1]
     c = min(chunk_size, t)
     # Padded steps have k = 0, beta = 0 (identity transition) and gate 1: the state is unchanged.
-    flat = lambda x: x.reshape(x.shape[0], b * h, *x.shape[-2:])  # noqa: E731  [N, B*H, C, *]
-    q, k, v, beta = (flat(to_chunks(x, c)) for x in (q, k, v, beta))
-    if g is not None:
-        g = flat(to_chunks(g, c))
-        s = None if s is None else flat(to_chunks(s, c, value=1.0))
-    n_chunks = q.shape[0]
+    chunks = [split_chunks(x, c) for x in (q, k, v, beta, g)] + [split_chunks(s, c, value=1.0)]
+    n_chunks = len(chunks[0])
     if batch_chunks is None:
-        batch_chunks = default_batch_chunks(q)
-
-    def terms(i):  # i: a chunk index, or a slice over all chunks
-        return _chunk_terms(q[i], k[i], v[i], beta[i], None if g is None else g[i], None if s is None else s[i])
-
-    batched = terms(slice(None)) if batch_chunks else None
+        batch_chunks = default_batch_chunks(chunks[0][0])
+    if batch_chunks:
+        per_chunk = unbind_chunks(_chunk_terms(*[stack_chunks(x) for x in chunks]))
     state = q.new_zeros(b * h, dk, dv) if state is None else state.reshape(b * h, dk, dv)
     outs = []
     for n in range(n_chunks):
-        u_in, w, q_start, qk, k_end, chunk_decay = (
-            [None if x is None else x[n] for x in batched] if batched is not None else terms(n))
+        if batch_chunks:
+            u_in, w, q_start, qk, k_end, chunk_decay = [None if x is None else x[n] for x in per_chunk]
+        else:
+            u_in, w, q_start, qk, k_end, chunk_decay = _chunk_terms(
+                *[None if x is None else heads_first(x[n]) for x in chunks])
         u = torch.baddbmm(u_in, w, state, alpha=-1.0)  # U = u_in - W S
         outs.append(torch.baddbmm(qk @ u, q_start, state))  # O = Q_start S + (L * Q K^T) U
         carried = state if chunk_decay is None else chunk_decay * state
         state = torch.baddbmm(carried, k_end.transpose(-1, -2), u)  # S <- gamma_C S + K_end^T U
-    o = torch.stack(outs).reshape(n_chunks, b, h, c, dv)
-    return from_chunks(o, t), state.reshape(b, h, dk, dv)
+    return merge_chunks(outs, b, h, t), state.reshape(b, h, dk, dv)
 
 
 def _chunk_terms(q, k, v, beta, g, s):

@@ -17,7 +17,8 @@ import torch
 
 from lrnn.ops import _checks
 from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
-from lrnn.ops._chunking import compute_dtype, default_batch_chunks, empty_sequence, from_chunks, to_chunks
+from lrnn.ops._chunking import (compute_dtype, default_batch_chunks, empty_sequence, heads_first, merge_chunks,
+                                split_chunks, stack_chunks, unbind_chunks)
 
 __all__ = ["decay_recurrence"]
 
@@ -118,25 +119,26 @@ def _chunked(q, k, v, g, s, state, chunk_size, batch_chunks=None):
     dv = v.shape[-1]
     c = min(chunk_size, t)
     # Padding appends decay 1 (log 0, sign +1) and zero q, k, v: the state is unchanged by it.
-    flat = lambda x: x.reshape(x.shape[0], b * h, *x.shape[-2:])  # noqa: E731  [N, B*H, C, *]
-    q, k, v, g = (flat(to_chunks(x, c)) for x in (q, k, v, g))  # a scalar decay gets a channel dim of 1
-    s = None if s is None else flat(to_chunks(s, c, value=1.0))
-    n_chunks = q.shape[0]
+    # A scalar decay [B, T, H] becomes a decay with one channel.
+    chunks = [split_chunks(x, c) for x in (q, k, v, g)] + [split_chunks(s, c, value=1.0)]
+    n_chunks = len(chunks[0])
     if batch_chunks is None:
-        batch_chunks = default_batch_chunks(q)
-
-    def terms(i):  # i: a chunk index, or a slice over all chunks
-        return _chunk_terms(q[i], k[i], v[i], g[i], None if s is None else s[i])
-
-    batched = terms(slice(None)) if batch_chunks else None
+        batch_chunks = default_batch_chunks(chunks[0][0])
+    if batch_chunks:
+        stacked = [stack_chunks(x) for x in chunks]
+        per_chunk = unbind_chunks(_chunk_terms(*stacked))
+        values = stacked[2].unbind(0)
     state = q.new_zeros(b * h, dk, dv) if state is None else state.reshape(b * h, dk, dv)
     outs = []
     for n in range(n_chunks):
-        o_intra, q_in, k_out, chunk_decay = [x[n] for x in batched] if batched is not None else terms(n)
+        if batch_chunks:
+            (o_intra, q_in, k_out, chunk_decay), v_n = [x[n] for x in per_chunk], values[n]
+        else:
+            q_n, k_n, v_n, g_n, s_n = [None if x is None else heads_first(x[n]) for x in chunks]
+            o_intra, q_in, k_out, chunk_decay = _chunk_terms(q_n, k_n, v_n, g_n, s_n)
         outs.append(torch.baddbmm(o_intra, q_in, state))  # O = O_intra + Q_in S
-        state = torch.baddbmm(chunk_decay * state, k_out.transpose(-1, -2), v[n])  # S <- A_C S + K_out^T V
-    o = torch.stack(outs).reshape(n_chunks, b, h, c, dv)
-    return from_chunks(o, t), state.reshape(b, h, dk, dv)
+        state = torch.baddbmm(chunk_decay * state, k_out.transpose(-1, -2), v_n)  # S <- A_C S + K_out^T V
+    return merge_chunks(outs, b, h, t), state.reshape(b, h, dk, dv)
 
 
 def _chunk_terms(q, k, v, g, s):
