@@ -1,7 +1,8 @@
 """Benchmarks for lrnn: ``python -m lrnn.bench SUBCOMMAND``.
 
 Subcommands:
-    ops   speed (GFLOP/s beside the measured matmul rate) and memory of the core operators.
+    ops      speed (GFLOP/s beside the measured matmul rate) and memory of the core operators.
+    decode   cached decode tokens/s (flat in context length) and prefill tokens/s of 130M-shaped models.
 
 Submodules are imported only when a subcommand runs, so ``python -m lrnn.bench.memory`` (the memory
 sweep's child process) starts without loading the rest.
@@ -26,6 +27,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                      description=ops.DESCRIPTION)
     ops.add_arguments(ops_parser)
     ops_parser.set_defaults(handler=ops.run_from_args, parser=ops_parser)
+    from lrnn.bench import decode
+
+    decode_parser = commands.add_parser("decode", help="cached decode and prefill speed of 130M-shaped models",
+                                        description=decode.__doc__.split("\n\n")[0])
+    decode.add_arguments(decode_parser)
+    decode_parser.set_defaults(handler=decode.run_from_args, parser=decode_parser)
     return parser
 
 
