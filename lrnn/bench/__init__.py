@@ -3,6 +3,9 @@
 Subcommands:
     ops      speed (GFLOP/s beside the measured matmul rate) and memory of the core operators.
     decode   cached decode tokens/s (flat in context length) and prefill tokens/s of 130M-shaped models.
+    hf       CPU decode tokens/s of a 130M-shaped Mamba-2 beside HF transformers' Mamba2 (same weights).
+    check    fast paths vs the sequential reference on any device (e.g. a GPU), outputs and gradients.
+    tasks    generation speed (real tokens/s) of the sequence tasks in ``lrnn.tasks``.
 
 Submodules are imported only when a subcommand runs, so ``python -m lrnn.bench.memory`` (the memory
 sweep's child process) starts without loading the rest.
@@ -33,6 +36,24 @@ def _build_parser() -> argparse.ArgumentParser:
                                         description=decode.__doc__.split("\n\n")[0])
     decode.add_arguments(decode_parser)
     decode_parser.set_defaults(handler=decode.run_from_args, parser=decode_parser)
+    from lrnn.bench import hf
+
+    hf_parser = commands.add_parser("hf", help="CPU decode speed vs HF transformers' Mamba2 (same weights)",
+                                    description=hf.__doc__.split("\n\n")[0])
+    hf.add_arguments(hf_parser)
+    hf_parser.set_defaults(handler=hf.run_from_args, parser=hf_parser)
+    from lrnn.bench import check
+
+    check_parser = commands.add_parser("check", help="fast paths vs the sequential reference on a device",
+                                       description=check.__doc__.split("\n\n")[0])
+    check.add_arguments(check_parser)
+    check_parser.set_defaults(handler=check.run_from_args, parser=check_parser)
+    from lrnn.bench import tasks
+
+    tasks_parser = commands.add_parser("tasks", help="generation speed (tokens/s) of the sequence tasks",
+                                       description=tasks.__doc__.split("\n\n")[0])
+    tasks.add_arguments(tasks_parser)
+    tasks_parser.set_defaults(handler=tasks.run_from_args, parser=tasks_parser)
     return parser
 
 

@@ -12,6 +12,7 @@ from lrnn.layers.cache import Cache
 from lrnn.layers.common import GatedRMSNorm, RMSNorm, ShortConv
 from lrnn.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from lrnn.layers.mamba import Mamba, Mamba2
+from lrnn.layers.s4d import S4D, s4d_param_groups
 
 MIXERS = {
     "mamba": Mamba,
@@ -21,6 +22,7 @@ MIXERS = {
     "deltaproduct": DeltaProduct,
     "attention": Attention,
     "lstm": LSTM,
+    "s4d": S4D,  # LTI: no eigenvalue switch, so not in RECURRENT_MIXERS
 }
 """Mixer names accepted by model configs."""
 
@@ -28,4 +30,4 @@ RECURRENT_MIXERS = ("mamba", "mamba2", "deltanet", "gated_deltanet", "deltaprodu
 """Mixers with a linear recurrence, i.e. an eigenvalue range to switch."""
 
 __all__ = ["MIXERS", "RECURRENT_MIXERS", "Cache", "Mamba", "Mamba2", "DeltaNet", "GatedDeltaNet",
-           "DeltaProduct", "Attention", "LSTM", "RMSNorm", "GatedRMSNorm", "ShortConv"]
+           "DeltaProduct", "Attention", "LSTM", "S4D", "s4d_param_groups", "RMSNorm", "GatedRMSNorm", "ShortConv"]

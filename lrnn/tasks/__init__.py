@@ -3,11 +3,24 @@ problems) and long-range tasks. Every task implements ``lrnn.tasks.base.Task``; 
 builds one from the registry.
 """
 
+from lrnn.tasks.arithmetic import (ArithmeticBrackets, arithmetic, modular_arithmetic_left_to_right,
+                                   modular_arithmetic_simple)
 from lrnn.tasks.base import IGNORE_INDEX, Task, TaskBatch
-from lrnn.tasks.parity import Parity
+from lrnn.tasks.groups import GROUP_TASKS, GroupWordProblem
+from lrnn.tasks.parity import Parity, ParityCheck
+from lrnn.tasks.regular import CycleNavigation, EvenPairs
 
 TASKS: dict[str, type[Task] | object] = {
     "parity": Parity,
+    # state tracking (lrnn/tasks/arithmetic.py, regular.py, groups.py; docs/tasks.md)
+    "arithmetic": arithmetic,
+    "arithmetic_brackets": ArithmeticBrackets,
+    "even_pairs": EvenPairs,
+    "parity_check": ParityCheck,
+    "cycle_navigation": CycleNavigation,
+    "modular_arithmetic_simple": modular_arithmetic_simple,
+    "modular_arithmetic_left_to_right": modular_arithmetic_left_to_right,
+    **GROUP_TASKS,
 }
 """Task name -> a zero-argument factory (a Task subclass or a function) returning the task."""
 
@@ -19,4 +32,5 @@ def make_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Task", "TaskBatch", "make_task", "Parity"]
+__all__ = ["IGNORE_INDEX", "TASKS", "Task", "TaskBatch", "make_task", "Parity", "ParityCheck", "EvenPairs",
+           "CycleNavigation", "ArithmeticBrackets", "GroupWordProblem"]

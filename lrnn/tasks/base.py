@@ -87,6 +87,10 @@ class Task(ABC):
     def _generate(self, lengths: torch.Tensor, generator: torch.Generator | None) -> TaskBatch:
         """Build a batch whose sequence b has ``lengths[b]`` input tokens (T = lengths.max())."""
 
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """Human-readable form of one input sequence [T] (padding dropped); tasks with symbols override it."""
+        return " ".join(str(i) for i in id_list(ids) if i != self.pad_id)
+
 
 def padding_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     """[B, T] bool, True at real positions (index < length)."""
@@ -98,3 +102,38 @@ def final_targets(answers: torch.Tensor, lengths: torch.Tensor, t: int) -> torch
     targets = torch.full((lengths.shape[0], t), IGNORE_INDEX, dtype=torch.long, device=lengths.device)
     targets[torch.arange(lengths.shape[0], device=lengths.device), lengths - 1] = answers.long()
     return targets
+
+
+def lengths_of_parity(batch_size: int, min_length: int, max_length: int, parity: int,
+                      generator: torch.Generator | None, task_name: str) -> torch.Tensor:
+    """Lengths [B] uniform over the integers L in [min_length, max_length] with ``L % 2 == parity``.
+
+    For tasks whose sequences only exist at odd or even lengths; a range holding no such length is a
+    ValueError rather than a silent change of the requested length.
+    """
+    first = min_length + (min_length - parity) % 2
+    if first > max_length:
+        kind = "odd" if parity else "even"
+        raise ValueError(f"task {task_name!r} only has {kind} lengths; [min_length, max_length] = "
+                         f"[{min_length}, {max_length}] contains none")
+    count = (max_length - first) // 2 + 1
+    return first + 2 * torch.randint(0, count, (batch_size,), generator=generator)
+
+
+def random_symbols(lengths: torch.Tensor, num_symbols: int, pad_id: int,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform i.i.d. symbols in [0, num_symbols) for sequences of the given lengths [B].
+
+    Returns ``(symbols, inputs)``, both [B, T] with T = lengths.max(): ``symbols`` is 0 past each length
+    (so sums and counts over a row need no mask), ``inputs`` holds ``pad_id`` there.
+    """
+    t = int(lengths.max())
+    symbols = torch.randint(0, num_symbols, (lengths.shape[0], t), generator=generator)
+    real = padding_mask(lengths, t)
+    symbols = symbols * real
+    return symbols, torch.where(real, symbols, torch.full_like(symbols, pad_id))
+
+
+def id_list(ids: torch.Tensor | list[int]) -> list[int]:
+    """One sequence of token ids [T] as a Python list (for ``Task.decode``)."""
+    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lrnn.layers import MIXERS, RECURRENT_MIXERS
+from lrnn.testing import assert_relative_close as assert_close, relative_error as rel_err
 
 F64 = torch.float64
 F32 = torch.float32
@@ -47,6 +48,8 @@ MIXER_VARIANTS: dict[str, tuple[str, dict]] = {
                                                     use_output_gate=True, chunk_size=8)),
     "attention": ("attention", dict(num_heads=2)),
     "lstm": ("lstm", dict()),
+    "s4d": ("s4d", dict(d_state=8)),
+    "s4d-lin-bilinear": ("s4d", dict(d_state=8, init="lin", discretization="bilinear")),
 }
 
 
@@ -86,23 +89,6 @@ def random_hidden(batch: int, time: int, dtype=F64, seed: int = 1, d_model: int 
     """Standard-normal hidden states [batch, time, d_model], drawn in float64 then cast."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, time, d_model, generator=gen, dtype=F64).to(dtype)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b||_F / ||b||_F`` in float64 (0 when both are zero, inf for a zero reference only)."""
-    assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
-    a, b = a.detach().to(F64), b.detach().to(F64)
-    num, den = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """Finite values and ``rel_err(actual, expected) <= tol``."""
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err = rel_err(actual, expected)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e}"
 
 
 def assert_states_close(actual: dict, expected: dict, tol: float, what: str) -> None:

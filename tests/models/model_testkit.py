@@ -12,6 +12,7 @@ import torch
 
 from lrnn.layers import MIXERS, RECURRENT_MIXERS
 from lrnn.models import LanguageModel, ModelConfig
+from lrnn.testing import assert_relative_close as assert_close, relative_error as rel_err
 
 F64 = torch.float64
 F32 = torch.float32
@@ -29,6 +30,7 @@ TINY_MIXER_KWARGS = {
     "deltaproduct": {"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
     "attention": {"num_heads": 2},
     "lstm": {},
+    "s4d": {"d_state": 8},
 }
 ALL_MIXERS = sorted(MIXERS)
 
@@ -54,22 +56,6 @@ def build_model(config: ModelConfig, dtype=F64, seed: int = 0, embedding_std: fl
 
 def random_ids(batch: int, time: int, seed: int = 1, vocab: int = VOCAB) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, time), generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b||_F / ||b||_F`` in float64 (0 when both are zero, inf for a zero reference only)."""
-    assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
-    a, b = a.detach().to(F64), b.detach().to(F64)
-    num, den = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err = rel_err(actual, expected)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e}"
 
 
 def is_recurrent(name: str) -> bool:

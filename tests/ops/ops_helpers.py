@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.ops import decay_from_values
+from lrnn.testing import assert_relative_close as assert_close, relative_error as rel_err
 
 F64 = torch.float64
 F32 = torch.float32
@@ -26,26 +27,6 @@ TOL_F32 = 1e-4
 # decays to float32 already costs 1e-4 to 1.5e-4 there, so 1e-4 could not tell a log-space implementation
 # from one that rounds; the log-space ops measure 2e-6 to 4e-6.
 TOL_NEAR_ONE = 2e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error ``||a - b||_F / ||b||_F`` (the relative RMSE), computed in float64.
-
-    Both tensors being zero counts as no error; a zero reference with a non-zero ``a`` gives inf.
-    """
-    assert a.shape == b.shape, f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}"
-    a, b = a.detach().to(F64), b.detach().to(F64)
-    num, den = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """Assert finiteness and ``rel_err(actual, expected) <= tol``."""
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    err = rel_err(actual, expected)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e}"
 
 
 def generator(seed: int) -> torch.Generator:

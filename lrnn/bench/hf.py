@@ -1,0 +1,139 @@
+"""CPU decode speed of a 130M-shaped Mamba-2: lrnn vs HF transformers' Mamba2 ``generate``, same weights.
+
+One random lrnn model (24 layers, d_model 768, d_state 128, headdim 64, vocab 50280, tied embeddings)
+is exported in memory to HF's format and loaded into ``Mamba2ForCausalLM``; the logits of both are
+compared first. Then, for each prompt length, both generate ``--new-tokens`` greedily, each token
+timestamped as it is produced (lrnn's ``on_token``, HF's streamer): prefill = time to the first token,
+decode tokens/s = (n - 1) / (t_n - t_1). Both run in one process with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from lrnn.models import LanguageModel, ModelConfig, SamplingConfig, generate
+from lrnn.models.interop import hf as hf_format
+from lrnn.models.interop.common import peer_state
+from lrnn.testing import relative_error
+
+VOCAB = 50280  # GPT-NeoX's 50277 padded to a multiple of 8, as in HF's converted Mamba checkpoints
+
+
+def lrnn_config() -> ModelConfig:
+    return ModelConfig(vocab_size=VOCAB, d_model=768, n_layers=24, mixer="mamba2", d_intermediate=0,
+                       mixer_kwargs={"mamba2": {"d_state": 128, "headdim": 64, "ngroups": 1, "chunk_size": 64}})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contexts", nargs="+", type=int, default=[128, 2048], help="prompt lengths (default 128 2048)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="generated tokens per run (default 128)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+
+
+def hf_twin(model: LanguageModel):
+    """HF ``Mamba2ForCausalLM`` holding ``model``'s weights (built in memory, nothing written)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    config = hf_format.from_lrnn_config(model)
+    for key in ("architectures", "model_type"):
+        config.pop(key)
+    hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**config))
+    missing, unexpected = hf.load_state_dict(peer_state(model, hf_format.KEYMAP), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"HF twin does not match: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+class _Clock:
+    """Timestamps of generated tokens: lrnn's ``on_token`` callback and HF's streamer (``put``/``end``)."""
+
+    def __init__(self, skip_first_put: bool = False) -> None:
+        self.times: list[float] = []
+        self._skip = skip_first_put  # HF's streamer receives the prompt first
+
+    def __call__(self, token) -> None:
+        self.times.append(time.perf_counter())
+
+    def put(self, value) -> None:
+        if self._skip:
+            self._skip = False
+        else:
+            self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _run(system: str, model: LanguageModel, hf, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, list[float], float]:
+    """Greedy generation of ``n`` tokens; returns (tokens, per-token timestamps, start time)."""
+    clock = _Clock(skip_first_put=system != "lrnn")
+    start = time.perf_counter()
+    with torch.no_grad():
+        if system == "lrnn":
+            out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=n), on_token=clock)
+        else:
+            out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                              streamer=clock)
+    return out, clock.times, start
+
+
+SYSTEMS = ("lrnn", "hf transformers")
+
+
+def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:
+    if args.new_tokens < 2:
+        parser.error(f"--new-tokens must be >= 2, got {args.new_tokens}")
+    if any(c < 1 for c in args.contexts):
+        parser.error(f"--contexts must be >= 1, got {args.contexts}")
+    try:
+        import transformers
+    except ImportError:
+        parser.error("this benchmark needs HF transformers: pip install transformers")
+    torch.manual_seed(0)
+    model = LanguageModel(lrnn_config()).eval()
+    hf = hf_twin(model)
+    print(f"# {command}\n# cpu, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"threads {torch.get_num_threads()}, float32, batch 1, greedy, {args.new_tokens} new tokens\n")
+    probe = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        err = relative_error(model(probe), hf(probe).logits)
+    print(f"same weights: relative logits error lrnn vs HF = {err:.1e}", flush=True)
+    for system in SYSTEMS:  # warm-up (first-call allocations, lazy imports)
+        _run(system, model, hf, probe[:, :8], 2)
+    rows = []
+    for context in args.contexts:
+        ids = torch.randint(0, VOCAB, (1, context), generator=torch.Generator().manual_seed(context))
+        outputs = {}
+        for system in SYSTEMS:
+            out, times, start = _run(system, model, hf, ids, args.new_tokens)
+            outputs[system] = out
+            decode_s = times[-1] - times[0]
+            row = {"system": system, "prompt": context, "new_tokens": len(times), "prefill_s": times[0] - start,
+                   "decode_tokens_per_s": (len(times) - 1) / decode_s,
+                   "end_to_end_tokens_per_s": len(times) / (times[-1] - start)}
+            rows.append(row)
+            print(f"  {system:>15} prompt {context:>5}: first token after {row['prefill_s']:6.2f} s, "
+                  f"decode {row['decode_tokens_per_s']:6.1f} tok/s ({1e3 / row['decode_tokens_per_s']:.1f} ms/token)",
+                  flush=True)
+        same = (outputs["lrnn"] == outputs["hf transformers"]).float().mean().item()
+        print(f"  greedy tokens identical: {same:.1%}", flush=True)
+        for row in rows[-2:]:
+            row["tokens_identical"] = same
+    print("\n| prompt | system | time to first token (s) | decode tok/s | end-to-end new tok/s | decode speed-up vs HF |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        base = next(r for r in rows if r["prompt"] == row["prompt"] and r["system"] == "hf transformers")
+        print(f"| {row['prompt']} | {row['system']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
+              f"{row['end_to_end_tokens_per_s']:.1f} | {row['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": command, "logits_relative_error": err, "rows": rows}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,133 @@
+"""S4D: the linear time-invariant diagonal SSM mixer (Gu et al. 2022, "On the parameterization and
+initialization of diagonal state space models"), with HiPPO-derived and PTD inits.
+
+Each of the H = d_model channels is an independent SSM with N/2 complex modes (conjugate pairs):
+``y = GLU(W GELU(SSM(u) + D u))``. Training and prefill use the kernel + FFT convolution (O(L log L));
+single-token steps with a cache use the recurrence (O(N) per token). The state is cached as
+``state["ssm"]``: the complex [B, H, N/2] state stored as a real [B, H, N/2, 2] tensor (safetensors and
+``Cache.reorder`` handle real tensors only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrnn.layers.common import check_flag, check_positive, recurrent_mode
+from lrnn.layers.hippo import INITS, check_state_size, s4d_eigenvalues
+from lrnn.ops.s4d import DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
+
+State = dict[str, torch.Tensor]
+
+
+def _complex(x: torch.Tensor) -> torch.Tensor:
+    """A real [..., 2] parameter as a complex tensor [...] (computed, so .to(dtype) of the module works)."""
+    return torch.complex(x[..., 0], x[..., 1])
+
+
+class S4D(nn.Module):
+    """S4D mixer: hidden [B, T, d_model] -> [B, T, d_model].
+
+    Parameters (H = d_model, M = d_state / 2): ``log_dt`` [H] (dt log-uniform in [dt_min, dt_max]);
+    ``A_real_log`` [H, M] with ``Re A = -exp(A_real_log)`` (kept negative), ``A_imag`` [H, M]; ``B``, ``C``
+    [H, M, 2] (real, imaginary); ``D`` [H]; ``output_linear`` (H -> 2H, then GLU). With
+    ``bidirectional=True`` a second ``C_anticausal`` adds an anti-causal kernel (non-causal: no cache,
+    no decoding). A, B and log_dt carry ``_ssm_param = True`` (see ``s4d_param_groups``).
+
+    Args:
+        init: one of ``lrnn.layers.hippo.INITS`` ("legs", "lin", "inv", "real", "ptd").
+        discretization: "zoh" or "bilinear".
+        ptd_gamma: the perturbation-norm weight of the PTD init.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, init: str = "legs", discretization: str = "zoh",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, bidirectional: bool = False,
+                 dropout: float = 0.0, ptd_gamma: float = 1.0) -> None:
+        super().__init__()
+        check_positive(d_model=d_model)
+        check_state_size(d_state)
+        check_flag("bidirectional", bidirectional)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
+        if not (isinstance(dt_min, (int, float)) and isinstance(dt_max, (int, float)) and 0 < dt_min <= dt_max):
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.d_model, self.d_state, self.init, self.discretization = d_model, d_state, init, discretization
+        self.bidirectional = bidirectional
+        H, M = d_model, d_state // 2
+
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        eig = s4d_eigenvalues(init, d_state, ptd_gamma)  # complex128 [M]
+        # Re A < 0 is what the parameterisation can represent (and what stability needs).
+        self.log_dt = nn.Parameter(log_dt)
+        self.A_real_log = nn.Parameter(torch.log(-eig.real.clamp(max=-1e-4)).float().repeat(H, 1))
+        self.A_imag = nn.Parameter(eig.imag.float().repeat(H, 1))
+        self.B = nn.Parameter(torch.stack([torch.ones(H, M), torch.zeros(H, M)], dim=-1))
+        # C ~ complex standard normal (real and imaginary parts of variance 1/2), as in S4D.
+        self.C = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5))
+        self.C_anticausal = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5)) if bidirectional else None
+        self.D = nn.Parameter(torch.randn(H))
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Linear(H, 2 * H)
+        for p in (self.log_dt, self.A_real_log, self.A_imag, self.B):
+            p._ssm_param = True
+            p._no_weight_decay = True
+
+    def ssm_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, B, C) complex [H, M] and dt [H] in the parameters' dtype."""
+        A = torch.complex(-torch.exp(self.A_real_log), self.A_imag)
+        return A, _complex(self.B), _complex(self.C), torch.exp(self.log_dt)
+
+    def kernel(self, length: int) -> torch.Tensor:
+        """The causal convolution kernel K [H, length] (float32 at least) of the current parameters."""
+        A, B, C, dt = self.ssm_parameters()
+        log_abar, bbar = s4d_discretize(A, B, dt, self.discretization)
+        return s4d_kernel(log_abar, C * bbar, length)
+
+    def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
+                mode: str | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+        if self.bidirectional and (state is not None or mode == "recurrent"):
+            raise ValueError("a bidirectional S4D layer is non-causal: it cannot run with a cache, decode "
+                             "token by token or use mode='recurrent' (build it with bidirectional=False)")
+        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
+        A, B, C, dt = self.ssm_parameters()
+        initial = None
+        if state is not None and "ssm" in state:
+            initial = torch.view_as_complex(state["ssm"].contiguous())
+        y, final = s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, initial_state=initial,
+                            output_final_state=state is not None, mode=mode, mask=mask,
+                            C_anticausal=None if self.C_anticausal is None else _complex(self.C_anticausal))
+        if state is not None:
+            state["ssm"] = torch.view_as_real(final)
+        y = self.dropout(F.gelu(y))
+        return F.glu(self.output_linear(y), dim=-1)
+
+
+def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: float) -> list[dict]:
+    """Optimiser parameter groups: the SSM parameters (A, B, dt of every S4D layer) with ``ssm_lr`` and no
+    weight decay; other parameters marked ``_no_weight_decay`` or with fewer than 2 dims (biases, norms,
+    D) with ``lr`` and no weight decay; everything else with ``lr`` and ``weight_decay``.
+    Empty groups are left out. Use as ``torch.optim.AdamW(s4d_param_groups(model, ...))``."""
+    for name, value in (("lr", lr), ("ssm_lr", ssm_lr), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    ssm, no_decay, decay = [], [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if getattr(param, "_ssm_param", False):
+            ssm.append(param)
+        elif getattr(param, "_no_weight_decay", False) or param.ndim < 2:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [dict(params=ssm, lr=ssm_lr, weight_decay=0.0), dict(params=no_decay, lr=lr, weight_decay=0.0),
+              dict(params=decay, lr=lr, weight_decay=weight_decay)]
+    return [g for g in groups if g["params"]]

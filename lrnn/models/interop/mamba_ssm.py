@@ -1,0 +1,176 @@
+"""mamba_ssm (state-spaces/mamba) checkpoints: ``MambaLMHeadModel`` with Mamba or Mamba-2 mixers.
+
+Format: ``config.json`` with ``d_model, d_intermediate, n_layer, vocab_size, ssm_cfg, attn_layer_idx,
+attn_cfg, rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, tie_embeddings`` and
+``pytorch_model.bin`` (or ``model.safetensors``) with ``backbone.embedding.weight``,
+``backbone.layers.{i}.{norm, mixer, norm2, mlp}.*``, ``backbone.norm_f.weight``, ``lm_head.weight``.
+mamba_ssm's residual stream ``residual = hidden + residual; hidden = mixer(norm(residual))`` is the
+pre-norm block ``x + mixer(norm(x))`` of lrnn, so only names change. Options that only affect
+initialisation or kernels (``dt_min``, ``A_init_range``, ``chunk_size``, ``fused_add_norm``, ...) are
+ignored; options that change the math are mapped or refused by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lrnn.layers import Mamba, Mamba2
+from lrnn.models.config import ModelConfig
+from lrnn.models.interop.common import (CONFIG_NAME, KeyMap, State, check_known, dt_limit_of, get_int, peer_state,
+                                        refuse, require, round_up, write_config, write_pickle)
+from lrnn.models.lm import LanguageModel
+
+NAME = "mamba_ssm"
+KEYMAP = KeyMap((("backbone.embedding.", "embedding."), ("backbone.layers.{i}.", "layers.{i}."),
+                 ("backbone.norm_f.", "norm_f."), ("lm_head.", "head.")))
+NORM_EPS = 1e-5  # mamba_ssm's MixerModel and Mamba-2's gated norm hard-code this epsilon
+MLP_MULTIPLE = 128  # mamba_ssm's GatedMLP rounds d_intermediate up to a multiple of 128
+
+TOP_KEYS = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg", "rms_norm",
+            "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"}
+# Keys that only set initialisation, kernels or device placement: no effect on a trained model's outputs.
+INIT_ONLY = {"layer", "dt_min", "dt_max", "dt_init_floor", "dt_init", "dt_scale", "A_init_range", "conv_init",
+             "chunk_size", "use_mem_eff_path", "use_fast_path", "layer_idx", "device", "dtype"}
+MAMBA2_MATH = {"d_state", "d_conv", "expand", "headdim", "ngroups", "D_has_hdim", "rmsnorm", "norm_before_gate",
+               "dt_limit", "bias", "conv_bias", "d_ssm", "process_group", "sequence_parallel"}
+MAMBA1_MATH = {"d_state", "d_conv", "expand", "dt_rank", "bias", "conv_bias"}
+
+
+def is_config(config: dict[str, Any]) -> bool:
+    return "ssm_cfg" in config or ("n_layer" in config and "d_model" in config)
+
+
+def _bool(source: str, cfg: dict, key: str, default: bool) -> bool:
+    return require(source, cfg, key, lambda v: isinstance(v, bool), default, "must be true or false")
+
+
+def mamba2_kwargs(source: str, ssm: dict[str, Any], d_model: int) -> dict[str, Any]:
+    """lrnn ``Mamba2`` arguments from mamba_ssm's ``ssm_cfg``."""
+    check_known(source, ssm, MAMBA2_MATH | INIT_ONLY, "ssm_cfg key")
+    kwargs = {"d_state": get_int(source, ssm, "d_state", 128), "d_conv": get_int(source, ssm, "d_conv", 4),
+              "expand": get_int(source, ssm, "expand", 2), "headdim": get_int(source, ssm, "headdim", 64),
+              "ngroups": get_int(source, ssm, "ngroups", 1),
+              "D_has_hdim": _bool(source, ssm, "D_has_hdim", False), "rmsnorm": _bool(source, ssm, "rmsnorm", True),
+              "norm_before_gate": _bool(source, ssm, "norm_before_gate", False),
+              "bias": _bool(source, ssm, "bias", False), "conv_bias": _bool(source, ssm, "conv_bias", True),
+              "dt_limit": dt_limit_of(source, "ssm_cfg.dt_limit", ssm.get("dt_limit", (0.0, float("inf")))),
+              "norm_eps": NORM_EPS}
+    d_inner = kwargs["expand"] * d_model
+    require(source, ssm, "d_ssm", lambda v: v is None or v == d_inner, None,
+            f"lrnn's Mamba2 runs the SSM over all expand * d_model = {d_inner} channels (no extra MLP part)")
+    require(source, ssm, "process_group", lambda v: v is None, None, "tensor parallelism is not supported")
+    return kwargs
+
+
+def mamba1_kwargs(source: str, ssm: dict[str, Any]) -> dict[str, Any]:
+    """lrnn ``Mamba`` arguments from mamba_ssm's ``ssm_cfg``."""
+    check_known(source, ssm, MAMBA1_MATH | INIT_ONLY, "ssm_cfg key")
+    dt_rank = ssm.get("dt_rank", "auto")
+    if dt_rank != "auto":
+        dt_rank = get_int(source, ssm, "dt_rank")
+    return {"d_state": get_int(source, ssm, "d_state", 16), "d_conv": get_int(source, ssm, "d_conv", 4),
+            "expand": get_int(source, ssm, "expand", 2), "dt_rank": dt_rank,
+            "bias": _bool(source, ssm, "bias", False), "conv_bias": _bool(source, ssm, "conv_bias", True)}
+
+
+def to_lrnn_config(config: dict[str, Any], source: str) -> ModelConfig:
+    """The lrnn ``ModelConfig`` of a mamba_ssm ``config.json``; unsupported options are refused by name."""
+    check_known(source, config, TOP_KEYS)
+    ssm = config.get("ssm_cfg") or {}
+    if not isinstance(ssm, dict):
+        raise ValueError(f"{source}: ssm_cfg must be an object, got {ssm!r}")
+    layer = require(source, ssm, "layer", lambda v: v in ("Mamba1", "Mamba2"), "Mamba1",
+                    "lrnn imports the Mamba1 and Mamba2 layers")
+    require(source, config, "attn_layer_idx", lambda v: not v, [],
+            "hybrid attention layers of mamba_ssm (MHA with rotary embeddings) are not mapped to lrnn")
+    require(source, config, "rms_norm", lambda v: v is True, True, "lrnn's blocks use RMSNorm, not LayerNorm")
+    d_model = get_int(source, config, "d_model")
+    d_intermediate = get_int(source, config, "d_intermediate", 0, minimum=0)
+    mixer = "mamba2" if layer == "Mamba2" else "mamba"
+    kwargs = mamba2_kwargs(source, ssm, d_model) if layer == "Mamba2" else mamba1_kwargs(source, ssm)
+    return ModelConfig(vocab_size=get_int(source, config, "vocab_size"), d_model=d_model,
+                       n_layers=get_int(source, config, "n_layer"), mixer=mixer, mixer_kwargs={mixer: kwargs},
+                       d_intermediate=round_up(d_intermediate, MLP_MULTIPLE) if d_intermediate else 0,
+                       tie_embeddings=_bool(source, config, "tie_embeddings", True),
+                       pad_vocab_size_multiple=get_int(source, config, "pad_vocab_size_multiple", 8),
+                       norm_eps=NORM_EPS)
+
+
+def ignore_key(config: ModelConfig):
+    """A tied checkpoint also stores ``lm_head.weight`` (the embedding again): skip it."""
+    return lambda key: config.tie_embeddings and key == "lm_head.weight"
+
+
+# ---- export -------------------------------------------------------------------------------------
+def single_mixer(model: LanguageModel, allowed: tuple[str, ...], fmt: str) -> str:
+    """The one mixer name every layer uses (refuse hybrids and other mixers)."""
+    names = set(model.config.layer_mixers())
+    if len(names) != 1 or not names <= set(allowed):
+        raise ValueError(f"export to {fmt}: unsupported option mixer={sorted(names)}: the {fmt} format holds "
+                         f"one of {list(allowed)} in every layer")
+    if model.config.num_labels is not None:
+        raise ValueError(f"export to {fmt}: unsupported option num_labels={model.config.num_labels}: "
+                         "the format has a language-model head only")
+    return names.pop()
+
+
+def check_exportable_mixer(mixer, fmt: str) -> None:
+    """Options of an lrnn Mamba/Mamba2 layer that no mamba peer has."""
+    if mixer.negative_eigenvalues:
+        raise ValueError(f"export to {fmt}: unsupported option negative_eigenvalues=True: {fmt} has no "
+                         "[-1, 1] eigenvalue range (its scan computes exp(dt * A) in (0, 1])")
+
+
+def mamba2_options(mixer: Mamba2) -> dict[str, Any]:
+    """The math-relevant options of a built lrnn Mamba2 layer (read from the module, not the config)."""
+    return {"d_state": mixer.d_state, "d_conv": mixer.conv1d.weight.shape[-1], "expand": mixer.d_inner // mixer.d_model,
+            "headdim": mixer.headdim, "ngroups": mixer.ngroups, "D_has_hdim": mixer.D_has_hdim,
+            "rmsnorm": mixer.rmsnorm, "norm_before_gate": bool(mixer.norm is not None and mixer.norm.norm_before_gate),
+            "dt_limit": list(mixer.dt_limit), "bias": mixer.in_proj.bias is not None,
+            "conv_bias": mixer.conv1d.bias is not None}
+
+
+def mamba1_options(mixer: Mamba) -> dict[str, Any]:
+    return {"d_state": mixer.d_state, "d_conv": mixer.conv1d.weight.shape[-1], "expand": mixer.d_inner // mixer.d_model,
+            "dt_rank": mixer.dt_rank, "bias": mixer.in_proj.bias is not None, "conv_bias": mixer.conv1d.bias is not None}
+
+
+def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
+    """mamba_ssm's ``config.json`` for ``model``; options mamba_ssm cannot express are refused by name."""
+    name = single_mixer(model, ("mamba", "mamba2"), NAME)
+    config = model.config
+    mixer = model.layers[0].mixer
+    check_exportable_mixer(mixer, NAME)
+    if config.norm_eps != NORM_EPS:
+        raise ValueError(f"export to {NAME}: unsupported option norm_eps={config.norm_eps}: mamba_ssm uses {NORM_EPS}")
+    if config.d_intermediate % MLP_MULTIPLE:
+        raise ValueError(f"export to {NAME}: unsupported option d_intermediate={config.d_intermediate}: mamba_ssm's "
+                         f"GatedMLP rounds it up to a multiple of {MLP_MULTIPLE}")
+    if name == "mamba2":
+        ssm = {"layer": "Mamba2", **mamba2_options(mixer)}
+        if mixer.norm is not None and mixer.norm.eps != NORM_EPS:
+            raise ValueError(f"export to {NAME}: unsupported option mamba2.norm_eps={mixer.norm.eps}: "
+                             f"mamba_ssm's gated norm uses {NORM_EPS}")
+    else:
+        ssm = {"layer": "Mamba1", **mamba1_options(mixer)}
+    return {"d_model": config.d_model, "d_intermediate": config.d_intermediate, "n_layer": config.n_layers,
+            "vocab_size": config.vocab_size, "ssm_cfg": ssm, "attn_layer_idx": [], "attn_cfg": {},
+            "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+            "pad_vocab_size_multiple": config.pad_vocab_size_multiple, "tie_embeddings": config.tie_embeddings}
+
+
+def save(model: LanguageModel, directory: Path, dtypes=None) -> None:
+    """Write ``config.json`` + ``pytorch_model.bin`` (what mamba_ssm's ``from_pretrained`` reads).
+
+    mamba_ssm loads with ``strict=True``, so a tied ``lm_head.weight`` is written too.
+    """
+    config = from_lrnn_config(model)
+    state: State = peer_state(model, KEYMAP, dtypes)
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["backbone.embedding.weight"]
+    write_pickle(directory, state)
+    write_config(directory, config)
+
+
+__all__ = ["NAME", "KEYMAP", "CONFIG_NAME", "is_config", "to_lrnn_config", "from_lrnn_config", "save", "ignore_key"]

@@ -1,0 +1,183 @@
+"""Results -> a markdown table shaped like Table 3 of arXiv 2411.12537, and accuracy-vs-length plots.
+
+A result is the ``result.json`` a finished run writes (see ``lrnn.training.trainer``). Runs are grouped
+into cells by (task, model, eigenvalue range); a cell's **best** is the highest score over its runs
+(learning rates x seeds: the paper's "best of seeds"), its **median ± MAD** is taken over the seeds of
+the learning rate with the highest median. The score is scaled accuracy over the whole test range for
+tasks with one answer per sequence, sequence accuracy for tasks with a target at every token.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrnn.models.io import atomic_write_text
+
+MODEL_ORDER = ("Transformer", "LSTM", "Mamba", "Mamba-2", "DeltaNet", "Gated DeltaNet", "DeltaProduct")
+RANGE_ORDER = ("-", "[0, 1]", "[-1, 1]")
+TASK_ORDER = ("parity", "arithmetic", "arithmetic_brackets", "even_pairs", "parity_check", "cycle_navigation",
+              "modular_arithmetic_simple", "s3", "s4", "a5", "s5", "z60", "a4xz5", "s5_swaps")
+
+
+@dataclass
+class Cell:
+    """Statistics of one (task, model, range) cell over its runs."""
+
+    task: str
+    model: str
+    range: str
+    best: float
+    median: float
+    mad: float
+    best_lr: float
+    runs: int
+    best_run: dict
+
+
+def collect_results(results_dir: str | Path) -> list[dict]:
+    """Every finished run's result.json under ``results_dir`` (searched recursively), in path order."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results directory not found: {root}")
+    results = []
+    for path in sorted(root.rglob("result.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if data.get("finished"):
+            data["path"] = str(path.parent)
+            results.append(data)
+    return results
+
+
+def median_mad(values: list[float]) -> tuple[float, float]:
+    """(median, median absolute deviation ``median(|x - median|)``) of a non-empty list."""
+    if not values:
+        raise ValueError("median_mad needs at least one value, got an empty list")
+    med = statistics.median(values)
+    return med, statistics.median(abs(v - med) for v in values)
+
+
+def cell_statistics(results: list[dict]) -> list[Cell]:
+    """Group results into (task, model, range) cells; best over all runs, median ± MAD over seeds."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["task"], r["model"], r["range"])].append(r)
+    cells = []
+    for (task, model, rng), runs in groups.items():
+        by_lr: dict[float, list[float]] = defaultdict(list)
+        for r in runs:
+            by_lr[r["lr"]].append(r["score"])
+        best_lr = max(by_lr, key=lambda lr: (statistics.median(by_lr[lr]), lr))
+        med, mad = median_mad(by_lr[best_lr])
+        best_run = max(runs, key=lambda r: r["score"])
+        cells.append(Cell(task, model, rng, best_run["score"], med, mad, best_lr, len(runs), best_run))
+    return sorted(cells, key=lambda c: (_order(TASK_ORDER, c.task), _model_key(c.model), _order(RANGE_ORDER, c.range)))
+
+
+def markdown_table(cells: list[Cell]) -> str:
+    """Rows model x range, columns tasks; each entry "best (median ± MAD)" of the score."""
+    if not cells:
+        return "No finished runs.\n"
+    tasks = sorted({c.task for c in cells}, key=lambda t: _order(TASK_ORDER, t))
+    rows = sorted({(c.model, c.range) for c in cells}, key=lambda mr: (_model_key(mr[0]), _order(RANGE_ORDER, mr[1])))
+    index = {(c.task, c.model, c.range): c for c in cells}
+    lines = ["| model | range | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for model, rng in rows:
+        entries = []
+        for task in tasks:
+            c = index.get((task, model, rng))
+            entries.append("" if c is None else f"**{c.best:.3f}** ({c.median:.3f} ± {c.mad:.3f}, n={c.runs})")
+        lines.append(f"| {model} | {rng} | " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_lengths(cells: list[Cell], task: str, path: str | Path) -> Path:
+    """PNG of score vs length (bin centres) for the best run of every model x range on ``task``."""
+    chosen = [c for c in cells if c.task == task]
+    if not chosen:
+        raise ValueError(f"no results for task {task!r}")
+    curves = []
+    for c in chosen:
+        label = c.model if c.range == "-" else f"{c.model} {c.range}"
+        curves.append((label, c.range == "[0, 1]", c.best_run["eval"]["bins"]))
+    config = chosen[0].best_run["config"]
+    every = chosen[0].best_run["eval"]["answer_positions"] == "every"
+    return plot_curves(curves, path, f"{task} (best run per model)",
+                       "sequence accuracy" if every else "scaled accuracy", (config["train_min"], config["train_max"]))
+
+
+def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, title: str, metric: str,
+                train_range: tuple[int, int]) -> Path:
+    """Write a PNG of score vs length: one line per ``(label, dashed, bins)``, bins as in ``evaluate``.
+
+    Each bin is drawn at its centre length with its ``score``; the train lengths are shaded. The file is
+    written to a temporary name, then renamed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.axvspan(train_range[0], train_range[1], color="0.9", label="train lengths")
+    for label, dashed, bins in curves:
+        x = [(b["min_length"] + b["max_length"]) / 2 for b in bins]
+        ax.plot(x, [b["score"] for b in bins], "--" if dashed else "-", marker="o", markersize=3, label=label)
+    ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(-0.05, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    tmp.replace(path)  # atomic: readers never see half a PNG
+    return path
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``summary.json`` and one ``<task>.png`` per task into ``out_dir``.
+
+    ``out_dir`` defaults to ``results_dir``. Returns the written paths by name ("report", "summary",
+    and each task name).
+    """
+    results = collect_results(results_dir)
+    if not results:
+        raise ValueError(f"no finished runs (result.json with finished = true) under {results_dir}")
+    out = Path(results_dir if out_dir is None else out_dir)
+    cells = cell_statistics(results)
+    written: dict[str, Path] = {}
+    for task in sorted({c.task for c in cells}):
+        written[task] = plot_lengths(cells, task, out / f"{task}.png")
+    text = ["# State-tracking results", "",
+            f"{len(results)} finished runs under `{results_dir}`. Entry: **best** score over learning rates and "
+            "seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). Score: "
+            "scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for tasks "
+            "with a target at every token).", "", markdown_table(cells)]
+    for task in sorted(written, key=lambda t: _order(TASK_ORDER, t)):
+        text.append(f"![{task}]({written[task].name})")
+    written["report"] = out / "report.md"
+    atomic_write_text(written["report"], "\n".join(text) + "\n")
+    summary = [{k: v for k, v in vars(c).items() if k != "best_run"} | {"best_run": c.best_run["path"]}
+               for c in cells]
+    written["summary"] = out / "summary.json"
+    atomic_write_text(written["summary"], json.dumps(summary, indent=2) + "\n")
+    return written
+
+
+def _order(order: tuple[str, ...], name: str) -> tuple[int, str]:
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _model_key(model: str) -> tuple[int, str]:
+    base = "DeltaProduct" if model.startswith("DeltaProduct") else model
+    return (_order(MODEL_ORDER, base)[0], model)

@@ -1,0 +1,306 @@
+"""Peer checkpoint formats: round trips, option mapping, refusals and error reporting (no peer installed).
+
+The conformance tests against HF transformers' own Mamba / Mamba2 live in ``test_interop_hf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from lrnn.models import LanguageModel, ModelConfig
+from lrnn.models.interop import FORMATS, convert, detect_format, load, save_model
+from lrnn.models.interop.common import KeyMap
+from model_testkit import F32, build_model, random_ids, single_threaded
+
+pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
+
+VOCAB = 37
+MAMBA2 = {"d_state": 8, "headdim": 8}
+DELTA = {"num_heads": 2, "norm_eps": 1e-6}
+
+# name -> (config, formats it exports to)
+MODELS = {
+    "mamba2-padded-tied": (dict(mixer="mamba2", pad_vocab_size_multiple=8, mixer_kwargs={"mamba2": MAMBA2}),
+                           ("mamba_ssm", "hf")),
+    "mamba2-ngroups2-untied": (dict(mixer="mamba2", tie_embeddings=False,
+                                    mixer_kwargs={"mamba2": {**MAMBA2, "ngroups": 2}}), ("mamba_ssm", "hf")),
+    "mamba2-all-options": (dict(mixer="mamba2", d_intermediate=128, mixer_kwargs={"mamba2": {
+        **MAMBA2, "ngroups": 2, "D_has_hdim": True, "norm_before_gate": True, "dt_limit": (0.01, 0.5),
+        "bias": True, "conv_bias": False}}), ("mamba_ssm",)),
+    "mamba2-no-norm": (dict(mixer="mamba2", mixer_kwargs={"mamba2": {**MAMBA2, "rmsnorm": False}}), ("mamba_ssm",)),
+    "mamba": (dict(mixer="mamba", mixer_kwargs={"mamba": {"d_state": 4, "dt_rank": 3}}), ("mamba_ssm", "hf")),
+    "deltanet": (dict(mixer="deltanet", d_intermediate=32, norm_eps=1e-6, mixer_kwargs={"deltanet": DELTA}),
+                 ("hf", "fla")),
+    "deltanet-negative-gated-out": (dict(mixer="deltanet", negative_eigenvalues=True, d_intermediate=32,
+                                         norm_eps=1e-6, mixer_kwargs={"deltanet": {**DELTA, "use_output_gate": True}}),
+                                    ("fla",)),
+    "gated_deltanet-negative": (dict(mixer="gated_deltanet", negative_eigenvalues=True, d_intermediate=32,
+                                     norm_eps=1e-6, mixer_kwargs={"gated_deltanet": {**DELTA, "expand_v": 2.0}}),
+                                ("fla",)),
+    "deltaproduct-untied": (dict(mixer="deltaproduct", negative_eigenvalues=True, d_intermediate=32, norm_eps=1e-6,
+                                 tie_embeddings=False, mixer_kwargs={"deltaproduct": {
+                                     **DELTA, "num_householder": 3, "use_forget_gate": True}}), ("fla",)),
+}
+
+
+def make(case: str) -> LanguageModel:
+    fields = dict(vocab_size=VOCAB, d_model=16, n_layers=2)
+    fields.update(MODELS[case][0])
+    model = build_model(ModelConfig(**fields), F32)
+    with torch.no_grad():  # non-trivial values everywhere, so a mis-mapped tensor shows in the outputs
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith((".D", "bias")):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)[..., :VOCAB]
+
+
+@pytest.mark.parametrize("case,fmt", [(c, f) for c, (_, fmts) in MODELS.items() for f in fmts])
+def test_round_trip_through_peer_format_gives_identical_outputs(tmp_path, case, fmt):
+    """lrnn -> peer -> lrnn: same outputs bit for bit, and the peer checkpoint is detected as written."""
+    model = make(case)
+    ids = random_ids(2, 21, vocab=VOCAB)
+    written = save_model(model, tmp_path / "peer", fmt)
+    loaded = load(tmp_path / "peer")
+    assert loaded.format == ("fla" if written == "hf (fla)" else fmt)
+    assert torch.equal(outputs(loaded.model, ids), outputs(model, ids))
+    if fmt == "mamba_ssm":  # every option set in lrnn comes back (dt_limit as a list, from JSON)
+        expected = json.loads(json.dumps(model.config.mixer_kwargs[model.config.mixer]))
+        got = loaded.model.config.mixer_kwargs[model.config.mixer]
+        assert {k: (list(got[k]) if k == "dt_limit" else got[k]) for k in expected} == expected
+
+
+def test_mamba_ssm_checkpoint_layout(tmp_path):
+    """The mamba_ssm export has mamba_ssm's names and config keys, a padded vocabulary and lm_head stored."""
+    model = make("mamba2-padded-tied")
+    save_model(model, tmp_path, "mamba_ssm")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["ssm_cfg"]["layer"] == "Mamba2" and config["pad_vocab_size_multiple"] == 8
+    assert config["vocab_size"] == VOCAB and config["tie_embeddings"] is True
+    state = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    assert state["backbone.embedding.weight"].shape == (40, 16)
+    assert torch.equal(state["lm_head.weight"], state["backbone.embedding.weight"])
+    for name in ("in_proj.weight", "conv1d.weight", "conv1d.bias", "A_log", "D", "dt_bias", "norm.weight",
+                 "out_proj.weight"):
+        assert f"backbone.layers.1.mixer.{name}" in state
+    assert "backbone.norm_f.weight" in state and "backbone.layers.0.norm.weight" in state
+
+
+def test_fla_checkpoint_layout_and_mlp_split(tmp_path):
+    """fla names, allow_neg_eigval, and the SwiGLU MLP split into gate/up/down projections."""
+    model = make("deltaproduct-untied")
+    save_model(model, tmp_path, "fla")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "gated_deltaproduct" and config["allow_neg_eigval"] is True
+    assert config["num_householder"] == 3 and config["use_forget_gate"] is True
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    fc1 = model.layers[0].mlp.fc1.weight
+    assert torch.equal(state["model.layers.0.mlp.up_proj.weight"], fc1[:32])
+    assert torch.equal(state["model.layers.0.mlp.gate_proj.weight"], fc1[32:])
+    assert "model.layers.1.attn.k_conv1d.weight" in state and "lm_head.weight" in state
+
+
+def test_convert_between_formats_keeps_dtype_and_outputs(tmp_path):
+    """convert lrnn -> mamba_ssm -> hf -> lrnn; bfloat16 tensors stay bfloat16 through the chain."""
+    model = make("mamba2-ngroups2-untied")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "a")
+    reference = load(tmp_path / "a").model
+    assert convert(tmp_path / "a", tmp_path / "b", "mamba_ssm") == ("lrnn", "mamba_ssm")
+    assert convert(tmp_path / "b", tmp_path / "c", "hf") == ("mamba_ssm", "hf")
+    assert convert(tmp_path / "c", tmp_path / "d", "lrnn", source_format="hf") == ("hf", "lrnn")
+    assert detect_format(tmp_path / "d") == "lrnn"
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "c" / "model.safetensors"))["backbone.embeddings.weight"].dtype == torch.bfloat16
+    ids = random_ids(2, 9, vocab=VOCAB)
+    assert torch.equal(outputs(load(tmp_path / "d").model, ids), outputs(reference, ids))
+    with pytest.raises(ValueError, match="--to"):
+        convert(tmp_path / "a", tmp_path / "e", "onnx")
+    with pytest.raises(ValueError, match="source directory"):
+        convert(tmp_path / "a", tmp_path / "a", "hf")
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+def _mamba_ssm_dir(tmp_path, case="mamba2-padded-tied"):
+    save_model(make(case), tmp_path, "mamba_ssm")
+    return tmp_path, json.loads((tmp_path / "config.json").read_text())
+
+
+def _rewrite(directory, config):
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("edit,option", [
+    (lambda c: c["ssm_cfg"].update(d_ssm=8), "d_ssm"),
+    (lambda c: c.update(rms_norm=False), "rms_norm"),
+    (lambda c: c.update(attn_layer_idx=[1]), "attn_layer_idx"),
+    (lambda c: c["ssm_cfg"].update(layer="Mamba3"), "layer"),
+    (lambda c: c["ssm_cfg"].update(mystery=1), "mystery"),
+    (lambda c: c.update(new_top_level_option=True), "new_top_level_option"),
+])
+def test_mamba_ssm_unsupported_option_is_refused_by_name(tmp_path, edit, option):
+    directory, config = _mamba_ssm_dir(tmp_path)
+    edit(config)
+    _rewrite(directory, config)
+    with pytest.raises(ValueError, match=option) as err:
+        load(directory)
+    assert "config.json" in str(err.value)
+
+
+@pytest.mark.parametrize("edit,option", [
+    (lambda c: c.update(qk_norm="sum"), "qk_norm"),
+    (lambda c: c.update(qk_activation="relu"), "qk_activation"),
+    (lambda c: c.update(use_beta=False), "use_beta"),
+    (lambda c: c.update(attn={"layers": [1], "num_heads": 2}), "attn"),
+    (lambda c: c.update(hidden_act="gelu"), "hidden_act"),
+])
+def test_fla_unsupported_option_is_refused_by_name(tmp_path, edit, option):
+    save_model(make("deltanet"), tmp_path, "fla")
+    config = json.loads((tmp_path / "config.json").read_text())
+    edit(config)
+    _rewrite(tmp_path, config)
+    with pytest.raises(ValueError, match=option):
+        load(tmp_path)
+
+
+def test_fla_grouped_value_heads_refused(tmp_path):
+    save_model(make("gated_deltanet-negative"), tmp_path, "fla")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_v_heads"] = 4
+    _rewrite(tmp_path, config)
+    with pytest.raises(ValueError, match="num_v_heads"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt,option,fields", [
+    ("hf", "negative_eigenvalues", dict(mixer="mamba2", negative_eigenvalues=True, mixer_kwargs={"mamba2": MAMBA2})),
+    ("mamba_ssm", "negative_eigenvalues", dict(mixer="mamba", negative_eigenvalues=True)),
+    ("hf", "D_has_hdim", dict(mixer="mamba2", mixer_kwargs={"mamba2": {**MAMBA2, "D_has_hdim": True}})),
+    ("hf", "rmsnorm", dict(mixer="mamba2", mixer_kwargs={"mamba2": {**MAMBA2, "rmsnorm": False}})),
+    ("hf", "norm_before_gate", dict(mixer="mamba2", mixer_kwargs={"mamba2": {**MAMBA2, "norm_before_gate": True}})),
+    ("hf", "d_intermediate", dict(mixer="mamba2", d_intermediate=128, mixer_kwargs={"mamba2": MAMBA2})),
+    ("mamba_ssm", "d_intermediate", dict(mixer="mamba2", d_intermediate=100, mixer_kwargs={"mamba2": MAMBA2})),
+    ("mamba_ssm", "norm_eps", dict(mixer="mamba2", norm_eps=1e-6, mixer_kwargs={"mamba2": MAMBA2})),
+    ("mamba_ssm", "mixer", dict(mixer="deltanet", d_intermediate=32, mixer_kwargs={"deltanet": DELTA})),
+    ("fla", "mixer", dict(mixer="mamba")),
+    ("fla", "d_intermediate", dict(mixer="deltanet", norm_eps=1e-6, mixer_kwargs={"deltanet": DELTA})),
+    ("fla", "conv_bias", dict(mixer="deltanet", d_intermediate=32, norm_eps=1e-6,
+                              mixer_kwargs={"deltanet": {**DELTA, "conv_bias": True}})),
+])
+def test_export_refuses_what_the_peer_cannot_express(tmp_path, fmt, option, fields):
+    model = LanguageModel(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=1, **fields))
+    with pytest.raises(ValueError, match=option):
+        save_model(model, tmp_path / "out", fmt)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_hybrid_and_classifier_export_refused(tmp_path):
+    hybrid = LanguageModel(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=2, mixer=["mamba2", "attention"],
+                                       mixer_kwargs={"mamba2": MAMBA2, "attention": {"num_heads": 2}}))
+    with pytest.raises(ValueError, match="mixer"):
+        save_model(hybrid, tmp_path, "mamba_ssm")
+    classifier = LanguageModel(ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=1, num_labels=3,
+                                           mixer_kwargs={"mamba2": MAMBA2}))
+    with pytest.raises(ValueError, match="num_labels"):
+        save_model(classifier, tmp_path, "hf")
+
+
+# ---- bad files ---------------------------------------------------------------------------------
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory"):
+        load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load(tmp_path / "empty")
+    directory, _ = _mamba_ssm_dir(tmp_path / "m")
+    os.remove(directory / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        load(directory)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    save_model(make("mamba2-padded-tied"), tmp_path, "hf")
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load(tmp_path)
+    path.write_bytes(data[:5])  # not even a header
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load(tmp_path)
+
+
+def test_truncated_or_unsafe_pickle_is_refused(tmp_path):
+    directory, _ = _mamba_ssm_dir(tmp_path)
+    path = directory / "pytorch_model.bin"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        load(directory)
+    # A pickle that would call a function on load: weights_only=True refuses it.
+    path.write_bytes(pickle.dumps({"backbone.embedding.weight": _Exploit()}, protocol=2))
+    with pytest.raises(ValueError, match="weights_only"):
+        load(directory)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_shape_mismatch_unknown_and_missing_keys_are_named(tmp_path):
+    directory, config = _mamba_ssm_dir(tmp_path)
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+
+    config["ssm_cfg"]["d_state"] = 4  # the tensors were written for d_state 8
+    _rewrite(directory, config)
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*backbone\.layers\.0\.mixer\.in_proj\.weight.*shape"):
+        load(directory)
+    config["ssm_cfg"]["d_state"] = 8
+    _rewrite(directory, config)
+
+    torch.save({**state, "backbone.layers.0.mixer.extra": torch.zeros(1)}, directory / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*unknown key 'backbone\.layers\.0\.mixer\.extra'"):
+        load(directory)
+    state.pop("backbone.layers.1.mixer.dt_bias")
+    torch.save(state, directory / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"missing key 'backbone\.layers\.1\.mixer\.dt_bias'"):
+        load(directory)
+
+
+def test_fla_missing_mlp_half_is_named(tmp_path):
+    save_model(make("deltanet"), tmp_path, "fla")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+        load(tmp_path)
+
+
+def test_unknown_format_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="llama"):
+        detect_format(tmp_path)
+    with pytest.raises(ValueError, match="format"):
+        load(tmp_path, format="tf")
+    assert set(FORMATS) == {"lrnn", "mamba_ssm", "hf", "fla"}
+
+
+def test_keymap_renames_both_ways():
+    keymap = KeyMap((("backbone.layers.{i}.", "layers.{i}."), ("lm_head.", "head.")))
+    assert keymap.to_lrnn("backbone.layers.12.mixer.D") == "layers.12.mixer.D"
+    assert keymap.to_peer("layers.3.norm.weight") == "backbone.layers.3.norm.weight"
+    assert keymap.to_lrnn("model.embed") is None and keymap.to_peer("head.weight") == "lm_head.weight"

@@ -1,0 +1,99 @@
+"""Sweep grids, the parallel sweep end to end (2 runs, 2 workers), and the report's statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_config
+from lrnn.training import train
+from lrnn.training.report import cell_statistics, collect_results, markdown_table, median_mad, write_report
+from lrnn.training.sweep import SweepSpec, run_sweep
+
+TINY = dict(n_layers=1, d_model=8, heads=2, steps=3, batch_size=4, train_min=3, train_max=8, eval_min=8,
+            eval_max=12, eval_bins=2, eval_samples=4, log_every=1, chunk_size=8)
+
+
+def test_grid_expansion():
+    spec = SweepSpec(tasks=["parity"], models=["attention", "deltaproduct:2", "mamba"], ranges=["[0, 1]", "[-1,1]"],
+                     lrs=[1e-3, 1e-2], seeds=[0, 1], protocol="paper", base=dict(TINY),
+                     model_overrides={"attention": {"n_layers": 2}})
+    runs = spec.runs()
+    # attention has no eigenvalue range: 1 x 2 x 2; the others 2 ranges x 2 lrs x 2 seeds each.
+    assert len(runs) == 4 + 8 + 8
+    names = [n for n, _ in runs]
+    assert len(set(names)) == len(names)
+    assert "parity-deltaproduct2-neg-lr0.01-s1" in names and "parity-attention-base-lr0.001-s0" in names
+    configs = dict(runs)
+    assert configs["parity-attention-base-lr0.001-s0"].n_layers == 2
+    assert configs["parity-deltaproduct2-neg-lr0.01-s1"].n_h == 2
+    assert configs["parity-mamba-pos-lr0.001-s0"].negative_eigenvalues is False
+    assert configs["parity-mamba-pos-lr0.001-s0"].eval_max == 256  # the protocol wins over base lengths
+
+
+@pytest.mark.parametrize("fields, match", [({"models": ["gru"]}, "unknown model"), ({"ranges": ["[0,2]"]}, "ranges"),
+                                           ({"lrs": []}, "lrs"), ({"protocol": "x"}, "protocol"),
+                                           ({"modelz": ["mamba"]}, "unknown sweep spec key")])
+def test_bad_specs(fields, match):
+    with pytest.raises(ValueError, match=match):
+        SweepSpec.from_dict(fields)
+
+
+def test_spec_files(tmp_path):
+    (tmp_path / "s.toml").write_text('tasks = ["parity"]\nmodels = ["deltanet"]\nseeds = [0, 1]\n[base]\nsteps = 5\n')
+    spec = SweepSpec.load(tmp_path / "s.toml")
+    assert spec.seeds == [0, 1] and spec.base == {"steps": 5}
+    (tmp_path / "s.json").write_text(json.dumps({"lrs": [0.1]}))
+    assert SweepSpec.load(tmp_path / "s.json").lrs == [0.1]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SweepSpec.load(tmp_path / "bad.json")
+
+
+def test_sweep_two_workers_resumable_with_report(tmp_path):
+    spec = SweepSpec(tasks=["parity"], models=["deltanet"], ranges=["[0,1]", "[-1,1]"], base=dict(TINY))
+    summary = run_sweep(spec, tmp_path, workers=2, threads=1, quiet=True)
+    assert summary["failed"] == {} and sorted(summary["done"]) == ["parity-deltanet-neg-lr0.001-s0",
+                                                                   "parity-deltanet-pos-lr0.001-s0"]
+    for name in summary["done"]:
+        assert (tmp_path / "runs" / name / "result.json").is_file()
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "parity.png").stat().st_size > 1000
+    assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"
+    again = run_sweep(spec, tmp_path, workers=2, quiet=True, report=False)
+    assert again["skipped"] == 2 and again["done"] == []
+
+
+def _fake_result(task, model, rng, lr, seed, score):
+    bins = [{"min_length": 10, "max_length": 20, "score": score}]
+    return {"finished": True, "task": task, "model": model, "range": rng, "lr": lr, "seed": seed, "score": score,
+            "path": f"{model}{rng}{lr}{seed}", "config": {"train_min": 3, "train_max": 9},
+            "eval": {"bins": bins, "answer_positions": "final"}}
+
+
+def test_cell_statistics_by_hand():
+    results = [_fake_result("parity", "DeltaNet", "[-1, 1]", 1e-3, s, v) for s, v in enumerate([0.2, 0.9, 1.0])]
+    results += [_fake_result("parity", "DeltaNet", "[-1, 1]", 1e-2, s, v) for s, v in enumerate([0.5, 0.6, 0.4])]
+    results += [_fake_result("parity", "Transformer", "-", 1e-3, 0, 0.05)]
+    cells = cell_statistics(results)
+    assert [(c.model, c.range) for c in cells] == [("Transformer", "-"), ("DeltaNet", "[-1, 1]")]
+    delta = cells[1]
+    # lr 1e-3: median 0.9 beats lr 1e-2's 0.5; |x - 0.9| = 0.7, 0, 0.1 -> MAD 0.1; best over all six: 1.0.
+    assert delta.best == 1.0 and delta.best_lr == 1e-3 and delta.runs == 6
+    assert delta.median == pytest.approx(0.9) and delta.mad == pytest.approx(0.1)
+    assert median_mad([1.0, 2.0, 4.0, 10.0]) == (3.0, 1.5)
+    table = markdown_table(cells)
+    assert "| DeltaNet | [-1, 1] | **1.000** (0.900 ± 0.100, n=6) |" in table
+    assert table.splitlines()[0] == "| model | range | parity |"
+
+
+def test_report_from_a_run_directory(tmp_path):
+    train(tiny_config(steps=2), tmp_path / "runs" / "a", quiet=True)
+    train(tiny_config(steps=2, negative_eigenvalues=False), tmp_path / "runs" / "b", quiet=True)
+    assert len(collect_results(tmp_path)) == 2
+    written = write_report(tmp_path, tmp_path / "out")
+    text = written["report"].read_text()
+    assert "| DeltaNet | [0, 1] |" in text and "| DeltaNet | [-1, 1] |" in text and "![parity](parity.png)" in text
+    assert written["parity"].is_file() and len(json.loads(written["summary"].read_text())) == 2
+    with pytest.raises(ValueError, match="no finished runs"):
+        write_report(tmp_path / "out")
