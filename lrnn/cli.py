@@ -30,12 +30,12 @@ def _add_demo(sub) -> None:
                      "(lengths 3-40), test out to 256, print the table and plot it (--ops: the ops demo)")
     demo.add_argument("--ops", action="store_true",
                       help="run the ops demo instead: parity tracked by eigenvalue -1, chunked vs sequential ops")
-    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps per model (default 300)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="training steps of every model (default: per model, DeltaNet 600, Mamba-2 600, Mamba 200)")
     demo.add_argument("--plot", default="runs/demo/parity.png",
                       help="where to write the PNG plot (default runs/demo/parity.png; '' for none)")
-    demo.add_argument("--threads", type=_positive_int, default=None,
-                      help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--workers", type=_positive_int, default=None,
+                      help="worker processes, one torch thread each (default: 2, or 1 on a one-core machine)")
     demo.add_argument("--length", type=_positive_int, default=10_000,
                       help="--ops only: number of random bits (default 10000)")
     demo.add_argument("--chunk-size", type=_positive_int, default=64,
@@ -48,8 +48,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     if args.ops:
         return run_ops_demo(length=args.length, seed=args.seed, chunk_size=args.chunk_size)
-    return run_parity_demo(steps=args.steps, seed=args.seed, plot=args.plot or None, threads=args.threads,
-                           quiet=args.quiet)
+    return run_parity_demo(steps=args.steps, seed=args.seed, plot=args.plot or None, workers=args.workers)
 
 
 # ---- train / eval / sweep / report -------------------------------------------------------------

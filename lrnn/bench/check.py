@@ -116,7 +116,7 @@ def check_models(device: torch.device, compile_too: bool, report: Callable[[str,
     tiny = {"mamba": {"d_state": 4, "chunk_size": 8}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
             "deltanet": {"num_heads": 2, "chunk_size": 8}, "gated_deltanet": {"num_heads": 2, "chunk_size": 8},
             "deltaproduct": {"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
-            "attention": {"num_heads": 2}, "lstm": {}}
+            "attention": {"num_heads": 2}, "lstm": {}, "s4d": {"d_state": 8}}
     ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(0)).to(device)
     for name in sorted(n for n in MIXERS if n in tiny):
         for negative in ((False, True) if name in RECURRENT_MIXERS else (False,)):

@@ -31,8 +31,12 @@ def lrnn_config() -> ModelConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--contexts", nargs="+", type=int, default=[128, 2048], help="prompt lengths (default 128 2048)")
+    parser.add_argument("--contexts", nargs="+", type=int, default=[128, 2048],
+                        help="prompt lengths (default 128 2048)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generated tokens per run (default 128)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both systems (default: torch's). On a shared machine use 1: "
+                             "with busy cores, every parallel elementwise op waits for a descheduled thread")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
 
 
@@ -93,6 +97,10 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         parser.error(f"--new-tokens must be >= 2, got {args.new_tokens}")
     if any(c < 1 for c in args.contexts):
         parser.error(f"--contexts must be >= 1, got {args.contexts}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
         import transformers
     except ImportError:
@@ -127,13 +135,16 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         print(f"  greedy tokens identical: {same:.1%}", flush=True)
         for row in rows[-2:]:
             row["tokens_identical"] = same
-    print("\n| prompt | system | time to first token (s) | decode tok/s | end-to-end new tok/s | decode speed-up vs HF |")
+    print("\n| prompt | system | time to first token (s) | decode tok/s | end-to-end new tok/s "
+          "| decode speed-up vs HF |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         base = next(r for r in rows if r["prompt"] == row["prompt"] and r["system"] == "hf transformers")
+        speedup = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
         print(f"| {row['prompt']} | {row['system']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
-              f"{row['end_to_end_tokens_per_s']:.1f} | {row['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x |")
+              f"{row['end_to_end_tokens_per_s']:.1f} | {speedup:.2f}x |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "logits_relative_error": err, "rows": rows}, indent=2) + "\n")
+        result = {"command": command, "logits_relative_error": err, "rows": rows}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

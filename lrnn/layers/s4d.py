@@ -114,6 +114,7 @@ def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: f
     """Optimiser parameter groups: the SSM parameters (A, B, dt of every S4D layer) with ``ssm_lr`` and no
     weight decay; other parameters marked ``_no_weight_decay`` or with fewer than 2 dims (biases, norms,
     D) with ``lr`` and no weight decay; everything else with ``lr`` and ``weight_decay``.
+    Each group also holds ``lr_scale`` (its lr over ``lr``) for schedulers that set one global lr.
     Empty groups are left out. Use as ``torch.optim.AdamW(s4d_param_groups(model, ...))``."""
     for name, value in (("lr", lr), ("ssm_lr", ssm_lr), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -128,6 +129,9 @@ def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: f
             no_decay.append(param)
         else:
             decay.append(param)
-    groups = [dict(params=ssm, lr=ssm_lr, weight_decay=0.0), dict(params=no_decay, lr=lr, weight_decay=0.0),
-              dict(params=decay, lr=lr, weight_decay=weight_decay)]
+    # lr_scale lets a schedule that sets one lr for all groups keep the ratio: group lr = lr(t) * lr_scale.
+    scale = ssm_lr / lr if lr > 0 else 1.0
+    groups = [dict(params=ssm, lr=ssm_lr, lr_scale=scale, weight_decay=0.0),
+              dict(params=no_decay, lr=lr, lr_scale=1.0, weight_decay=0.0),
+              dict(params=decay, lr=lr, lr_scale=1.0, weight_decay=weight_decay)]
     return [g for g in groups if g["params"]]

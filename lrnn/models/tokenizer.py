@@ -32,7 +32,8 @@ class Tokenizer:
         try:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError:  # pragma: no cover - it is a dependency
-            raise ImportError("the 'tokenizers' package is needed to read tokenizer.json: pip install tokenizers") from None
+            raise ImportError("the 'tokenizers' package is needed to read tokenizer.json: "
+                              "pip install tokenizers") from None
         directory = Path(directory)
         path = directory / TOKENIZER_NAME
         if not path.is_file():
@@ -140,7 +141,9 @@ def generate_text(model: LanguageModel, tokenizer: Tokenizer, prompt: str, sampl
     if too_big:
         raise ValueError(f"the tokenizer ({tokenizer.path}) produced token ids up to {max(too_big)}, beyond the "
                          f"model's vocab_size {model.config.vocab_size}: they do not belong together")
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None and tokenizer.eos_token_id < model.config.vocab_size else None
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos >= model.config.vocab_size:
+        eos = None  # an EOS the model cannot produce: run to max_new_tokens
     sampling = SamplingConfig(**{**sampling.__dict__, "eos_token_id": eos})
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stream = tokenizer.stream()

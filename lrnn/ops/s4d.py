@@ -62,7 +62,12 @@ def vandermonde(log_abar: torch.Tensor, length: int, offset: int = 0) -> torch.T
 
 def s4d_kernel(log_abar: torch.Tensor, cb: torch.Tensor, length: int) -> torch.Tensor:
     """Convolution kernel ``K_l = 2 Re(sum_m cb_m Abar_m^l)``, real [H, length]; cb = C * Bbar [H, M]."""
-    return 2.0 * torch.einsum("hm,hml->hl", cb, vandermonde(log_abar, length)).real
+    return _kernel_from_powers(cb, vandermonde(log_abar, length))
+
+
+def _kernel_from_powers(cb: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """``2 Re(sum_m cb_m powers_{m, l})``: cb [H, M], powers [H, M, L] -> real [H, L]."""
+    return 2.0 * torch.einsum("hm,hml->hl", cb, powers).real
 
 
 def fft_conv(u: torch.Tensor, kernel: torch.Tensor, anticausal: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,10 +167,8 @@ def _convolution(u, log_abar, bbar, C, x0, mask, output_final_state, C_anticausa
     """FFT path: ``y = K * u`` plus the free response of x0; the final state from the same powers."""
     b, t, h = u.shape
     powers = vandermonde(log_abar, t)  # Abar^l, [H, M, T]
-    kernel = 2.0 * torch.einsum("hm,hml->hl", C * bbar, powers).real
-    anti = None
-    if C_anticausal is not None:
-        anti = 2.0 * torch.einsum("hm,hml->hl", C_anticausal.to(C.dtype) * bbar, powers).real
+    kernel = _kernel_from_powers(C * bbar, powers)
+    anti = None if C_anticausal is None else _kernel_from_powers(C_anticausal.to(C.dtype) * bbar, powers)
     y = fft_conv(u, kernel, anti) if t else u.new_zeros(b, 0, h)
     # Steps each position has taken from x0: t + 1, or the count of real tokens so far with a mask.
     steps = None if mask is None else torch.cumsum(mask.to(u.dtype), dim=1)

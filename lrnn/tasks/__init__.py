@@ -3,12 +3,17 @@ problems) and long-range tasks. Every task implements ``lrnn.tasks.base.Task``; 
 builds one from the registry.
 """
 
+import functools
+
 from lrnn.tasks.arithmetic import (ArithmeticBrackets, arithmetic, modular_arithmetic_left_to_right,
                                    modular_arithmetic_simple)
 from lrnn.tasks.base import IGNORE_INDEX, Task, TaskBatch
 from lrnn.tasks.groups import GROUP_TASKS, GroupWordProblem
 from lrnn.tasks.parity import Parity, ParityCheck
 from lrnn.tasks.regular import CycleNavigation, EvenPairs
+from lrnn.tasks.listops import ListOps
+from lrnn.tasks.recall import AssociativeRecall, SelectiveCopy
+from lrnn.tasks.digits import SequentialDigits
 
 TASKS: dict[str, type[Task] | object] = {
     "parity": Parity,
@@ -21,6 +26,12 @@ TASKS: dict[str, type[Task] | object] = {
     "modular_arithmetic_simple": modular_arithmetic_simple,
     "modular_arithmetic_left_to_right": modular_arithmetic_left_to_right,
     **GROUP_TASKS,
+    # long-range tasks (lrnn/tasks/listops.py, recall.py, digits.py; docs/s4d.md)
+    "listops": ListOps,
+    "selective_copy": SelectiveCopy,
+    "associative_recall": AssociativeRecall,
+    "sequential_digits": SequentialDigits,  # the train split; needs scikit-learn
+    "sequential_digits_test": functools.partial(SequentialDigits, "test"),
 }
 """Task name -> a zero-argument factory (a Task subclass or a function) returning the task."""
 
@@ -33,4 +44,5 @@ def make_task(name: str) -> Task:
 
 
 __all__ = ["IGNORE_INDEX", "TASKS", "Task", "TaskBatch", "make_task", "Parity", "ParityCheck", "EvenPairs",
-           "CycleNavigation", "ArithmeticBrackets", "GroupWordProblem"]
+           "CycleNavigation", "ArithmeticBrackets", "GroupWordProblem", "ListOps",
+           "SelectiveCopy", "AssociativeRecall", "SequentialDigits"]

@@ -126,10 +126,16 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.axvspan(train_range[0], train_range[1], color="0.9", label="train lengths")
+    colours: dict[str, str] = {}
+    lowest = 0.0
     for label, dashed, bins in curves:
+        model = label.split(" [")[0]  # one colour per model; [0, 1] dashed, [-1, 1] solid
+        colour = colours.setdefault(model, f"C{len(colours) % 10}")
         x = [(b["min_length"] + b["max_length"]) / 2 for b in bins]
-        ax.plot(x, [b["score"] for b in bins], "--" if dashed else "-", marker="o", markersize=3, label=label)
-    ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(-0.05, 1.05))
+        y = [b["score"] for b in bins]
+        lowest = min(lowest, *y)
+        ax.plot(x, y, "--" if dashed else "-", color=colour, marker="o", markersize=3, label=label)
+    ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(min(-0.25, lowest - 0.05), 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

@@ -82,8 +82,10 @@ class SweepSpec:
             raise FileNotFoundError(f"sweep spec not found: {path}")
         text = path.read_text()
         if path.suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser, packaged as tomli
+                import tomli as tomllib
             try:
                 return cls.from_dict(tomllib.loads(text))
             except tomllib.TOMLDecodeError as err:
@@ -151,11 +153,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, workers: int = 1, threads: i
     if workers == 1 or len(todo) <= 1:
         _init_worker(threads)
         outcomes = map(_run_one, todo)
-        summary_from(outcomes, summary, len(todo), started, quiet)
+        _fold_outcomes(outcomes, summary, len(todo), started, quiet)
     else:
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(threads,)) as pool:
-            summary_from(pool.imap_unordered(_run_one, todo), summary, len(todo), started, quiet)
+            _fold_outcomes(pool.imap_unordered(_run_one, todo), summary, len(todo), started, quiet)
     if report and (summary["done"] or summary["skipped"]):
         from lrnn.training.report import write_report
 
@@ -163,7 +165,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, workers: int = 1, threads: i
     return summary
 
 
-def summary_from(outcomes, summary: dict, total: int, started: float, quiet: bool) -> None:
+def _fold_outcomes(outcomes, summary: dict, total: int, started: float, quiet: bool) -> None:
     """Fold worker outcomes into ``summary``, printing one line per finished run."""
     for i, (name, score, error) in enumerate(outcomes, 1):
         elapsed = time.perf_counter() - started

@@ -90,7 +90,7 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool 
                          f"{config.train_min}, eval_min = {config.eval_min}")
     run_dir = None if out_dir is None else Path(out_dir)
     if run_dir is not None and resume and (run_dir / RESULT_FILE).is_file():
-        return _load_finished(run_dir, device)
+        return _load_finished(run_dir, config, device)
 
     model = build_model(config, task).to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas)
@@ -223,12 +223,7 @@ def _load_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, opt
                      generator: torch.Generator) -> int:
     """Restore model, optimiser and RNG states; returns the number of steps already done."""
     state = _read_checkpoint(run_dir / CHECKPOINT_FILE)
-    saved = json.loads(state["config"])
-    current = config.to_dict()
-    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        raise ValueError(f"{run_dir / CHECKPOINT_FILE} was written by a different run config (fields {changed} "
-                         f"differ); pass a new output directory or start over without resuming")
+    _check_same_run(json.loads(state["config"]), config, run_dir / CHECKPOINT_FILE)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["data_rng"])
@@ -238,8 +233,18 @@ def _load_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, opt
     return int(state["step"])
 
 
-def _load_finished(run_dir: Path, device: torch.device) -> RunOutcome:
+def _check_same_run(saved: dict, config: RunConfig, source: Path) -> None:
+    """Refuse to continue (or reuse) a run written by a config that differs in a field that matters."""
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f"{source} was written by a different run config (fields {changed} differ); "
+                         f"pass a new output directory or start over without resuming")
+
+
+def _load_finished(run_dir: Path, config: RunConfig, device: torch.device) -> RunOutcome:
     result = json.loads((run_dir / RESULT_FILE).read_text())
+    _check_same_run(result.get("config", {}), config, run_dir / RESULT_FILE)
     _, model = load_run(run_dir, device)
     return RunOutcome(model, result)
 

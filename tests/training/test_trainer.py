@@ -43,6 +43,8 @@ def test_run_directory_files(tmp_path):
     # A finished run is loaded, not retrained.
     again = train(config, tmp_path, quiet=True)
     assert again.result == result
+    with pytest.raises(ValueError, match="different run config"):
+        train(tiny_config(steps=6, eval_every=3, checkpoint_every=3, seed=5), tmp_path, quiet=True)
 
 
 @pytest.mark.parametrize("mixer", ["deltanet", "mamba2"])

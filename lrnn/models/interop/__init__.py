@@ -63,8 +63,8 @@ def detect_format(directory: str | Path) -> str:
         return "mamba_ssm"
     model_type = config.get("model_type")
     raise ValueError(f"{directory / CONFIG_NAME}: cannot tell the checkpoint format"
-                     + (f" (model_type {model_type!r} is not one lrnn imports: {list(hf.MODEL_TYPES + fla.MODEL_TYPES)})"
-                        if model_type else "") + f"; pass the format explicitly (one of {list(FORMATS)})")
+                     + (f" (model_type {model_type!r} is not one lrnn imports: "
+                        f"{list(hf.MODEL_TYPES + fla.MODEL_TYPES)})" if model_type else "") + f"; pass the format explicitly (one of {list(FORMATS)})")
 
 
 def load(directory: str | Path, format: str | None = None) -> Loaded:

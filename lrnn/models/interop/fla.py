@@ -116,7 +116,8 @@ def prepare_state(state: State, source: Path) -> State:
             if name not in got:
                 raise ValueError(f"{source}: missing key {prefix + name + '.weight'!r}")
         if got["gate_proj"].shape != got["up_proj"].shape:
-            raise ValueError(f"{source}: tensor {prefix + 'gate_proj.weight'!r} has shape {tuple(got['gate_proj'].shape)}"
+            raise ValueError(f"{source}: tensor {prefix + 'gate_proj.weight'!r} has shape "
+                             f"{tuple(got['gate_proj'].shape)}"
                              f" but {prefix + 'up_proj.weight'!r} has {tuple(got['up_proj'].shape)}")
         out[prefix + "fc1.weight"] = torch.cat([got["up_proj"], got["gate_proj"]], dim=0)
         out[prefix + "fc2.weight"] = got["down_proj"]

@@ -58,16 +58,19 @@ def to_lrnn_config(config: dict[str, Any], source: str) -> ModelConfig:
         if num_heads * head_dim != expand * d_model:
             raise ValueError(f"{source}: num_heads * head_dim ({num_heads} * {head_dim}) must equal "
                              f"expand * hidden_size ({expand} * {d_model})")
-        kwargs = {"d_state": get_int(source, config, "state_size", 128), "d_conv": get_int(source, config, "conv_kernel", 4),
-                  "expand": expand, "headdim": head_dim, "ngroups": get_int(source, config, "n_groups", 8),
-                  "bias": _flag(source, config, "use_bias", False), "conv_bias": _flag(source, config, "use_conv_bias", True),
-                  "dt_limit": dt_limit_of(source, "time_step_limit", config.get("time_step_limit", (0.0, float("inf")))),
+        limit = config.get("time_step_limit", (0.0, float("inf")))
+        kwargs = {"d_state": get_int(source, config, "state_size", 128),
+                  "d_conv": get_int(source, config, "conv_kernel", 4), "expand": expand, "headdim": head_dim,
+                  "ngroups": get_int(source, config, "n_groups", 8), "bias": _flag(source, config, "use_bias", False),
+                  "conv_bias": _flag(source, config, "use_conv_bias", True),
+                  "dt_limit": dt_limit_of(source, "time_step_limit", limit),
                   "D_has_hdim": False, "rmsnorm": True, "norm_before_gate": False, "norm_eps": eps}
         return ModelConfig(mixer="mamba2", mixer_kwargs={"mamba2": kwargs}, **common)
     rank = config.get("time_step_rank", "auto")
     kwargs = {"d_state": get_int(source, config, "state_size", 16), "d_conv": get_int(source, config, "conv_kernel", 4),
               "expand": expand, "dt_rank": "auto" if rank == "auto" else get_int(source, config, "time_step_rank"),
-              "bias": _flag(source, config, "use_bias", False), "conv_bias": _flag(source, config, "use_conv_bias", True)}
+              "bias": _flag(source, config, "use_bias", False),
+              "conv_bias": _flag(source, config, "use_conv_bias", True)}
     return ModelConfig(mixer="mamba", mixer_kwargs={"mamba": kwargs}, **common)
 
 

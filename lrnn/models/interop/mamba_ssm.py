@@ -18,7 +18,7 @@ from typing import Any
 from lrnn.layers import Mamba, Mamba2
 from lrnn.models.config import ModelConfig
 from lrnn.models.interop.common import (CONFIG_NAME, KeyMap, State, check_known, dt_limit_of, get_int, peer_state,
-                                        refuse, require, round_up, write_config, write_pickle)
+                                        require, round_up, write_config, write_pickle)
 from lrnn.models.lm import LanguageModel
 
 NAME = "mamba_ssm"
@@ -133,7 +133,8 @@ def mamba2_options(mixer: Mamba2) -> dict[str, Any]:
 
 def mamba1_options(mixer: Mamba) -> dict[str, Any]:
     return {"d_state": mixer.d_state, "d_conv": mixer.conv1d.weight.shape[-1], "expand": mixer.d_inner // mixer.d_model,
-            "dt_rank": mixer.dt_rank, "bias": mixer.in_proj.bias is not None, "conv_bias": mixer.conv1d.bias is not None}
+            "dt_rank": mixer.dt_rank, "bias": mixer.in_proj.bias is not None,
+            "conv_bias": mixer.conv1d.bias is not None}
 
 
 def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:

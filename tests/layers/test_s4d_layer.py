@@ -248,6 +248,7 @@ def test_param_groups_give_a_b_dt_their_own_lr_and_no_weight_decay():
     by_group = [sorted(names[id(p)] for p in g["params"]) for g in groups]
     ssm = sorted(f"{i}.{n}" for i in (0, 2) for n in ("A_imag", "A_real_log", "B", "log_dt"))
     assert by_group[0] == ssm and groups[0]["lr"] == 1e-4 and groups[0]["weight_decay"] == 0
+    assert math.isclose(groups[0]["lr_scale"], 0.1) and groups[2]["lr_scale"] == 1.0
     assert groups[1]["weight_decay"] == 0 and "0.D" in by_group[1] and "1.weight" in by_group[1]
     assert by_group[2] == ["0.C", "0.output_linear.weight", "2.C", "2.output_linear.weight"]
     assert groups[2]["weight_decay"] == 0.1 and groups[2]["lr"] == 1e-3
