@@ -62,9 +62,12 @@ _RUN_FLAGS: dict[str, str] = {
     "d_intermediate": "MLP width after each mixer (0: no MLP)", "chunk_size": "chunked-scan block length",
     "mixer_kwargs": "extra mixer constructor arguments as a JSON object, e.g. '{\"conv_size\": 0}'",
     "lr": "peak learning rate", "min_lr": "final learning rate of the cosine", "weight_decay": "AdamW weight decay",
+    "ssm_lr": "peak learning rate of S4D's A, B, dt (no weight decay; scaled with the schedule; 'none': same as --lr)",
     "warmup_fraction": "fraction of steps of linear warm-up", "grad_clip": "global gradient-norm clip (0: off)",
     "steps": "optimiser steps", "batch_size": "sequences per step",
     "train_min": "shortest training length", "train_max": "longest training length",
+    "eval_task": "task to evaluate on (default: the task's held-out split if it has one, e.g. "
+                 "sequential_digits_test, else the task itself)",
     "eval_min": "shortest test length", "eval_max": "longest test length", "eval_bins": "test length bins",
     "eval_samples": "test sequences per bin", "eval_batch_size": "sequences per evaluation forward",
     "eval_every": "evaluate every N steps (0: only at the end)", "eval_seed": "seed of the fixed test set",
@@ -86,6 +89,19 @@ def _json_object(text: str) -> dict:
     return value
 
 
+_NONE = object()
+"""What ``--ssm-lr none`` parses to before it becomes None (argparse's None means "flag not given")."""
+
+
+def _float_or_none(text: str) -> float | object:
+    if text.strip().lower() == "none":
+        return _NONE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field; unset flags stay None so --config and the defaults show through."""
     import dataclasses
@@ -103,6 +119,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name == "mixer_kwargs":
             parser.add_argument(flag, type=_json_object, default=None, help=text)
+        elif f.name == "ssm_lr":
+            parser.add_argument(flag, type=_float_or_none, default=None, help=text)
+        elif f.name == "eval_task":
+            parser.add_argument(flag, type=str, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str) if default is not None else int
             names = [flag, "--model"] if f.name == "mixer" else [flag]
@@ -117,6 +137,7 @@ def _run_config(args: argparse.Namespace):
     if args.protocol:
         config = config.with_protocol(args.protocol)
     given = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
+    given = {name: None if value is _NONE else value for name, value in given.items()}
     return RunConfig.from_dict({**config.to_dict(), **given})
 
 
@@ -160,6 +181,9 @@ def _add_eval(sub) -> None:
                               description="Evaluate the model of a run directory (written by lrnn train or "
                                           "lrnn sweep) on fresh test sequences; flags override the run's test range.")
     evaluate.add_argument("run_dir", help="run directory (holds config.json and model/ or checkpoint.pt)")
+    evaluate.add_argument("--eval-task", default=None,
+                          help="task to evaluate on (default: the run's eval task: its task's held-out split "
+                               "if it has one, else the task)")
     evaluate.add_argument("--eval-min", type=_positive_int, default=None, help="shortest test length")
     evaluate.add_argument("--eval-max", type=_positive_int, default=None, help="longest test length")
     evaluate.add_argument("--eval-bins", type=_positive_int, default=None, help="number of length bins")
@@ -174,18 +198,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lrnn.models.io import atomic_write_text
-    from lrnn.tasks import make_task
     from lrnn.training import evaluate, format_bins, load_run
-    from lrnn.training.trainer import resolve_device
+    from lrnn.training.trainer import make_eval_task, resolve_device
 
     device = resolve_device(args.device)
     config, model = load_run(args.run_dir, device)
-    changes = {k: getattr(args, k) for k in ("eval_min", "eval_max", "eval_bins", "eval_samples")
+    changes = {k: getattr(args, k) for k in ("eval_task", "eval_min", "eval_max", "eval_bins", "eval_samples")
                if getattr(args, k) is not None}
     config = dataclasses.replace(config, **changes)
-    result = evaluate(model, make_task(config.task), config.eval_min, config.eval_max, config.eval_bins,
+    eval_task = make_eval_task(config)
+    result = evaluate(model, eval_task, config.eval_min, config.eval_max, config.eval_bins,
                       config.eval_samples, seed=config.eval_seed, batch_size=config.eval_batch_size, device=device)
-    print(f"{config.task} {config.model_label} {config.eigenvalue_range}: score {result['overall']['score']:.4f}")
+    print(f"{config.task} {config.model_label} {config.eigenvalue_range}: score {result['overall']['score']:.4f} "
+          f"on {eval_task.name}")
     print(format_bins(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
@@ -263,12 +288,14 @@ def _add_report(sub) -> None:
     report.add_argument("results_dir", help="directory searched recursively for result.json files")
     report.add_argument("--out", default=None, help="where to write report.md, summary.json and the PNGs "
                                                     "(default: results_dir)")
+    report.add_argument("--title", default="State-tracking results",
+                        help="heading of report.md (default 'State-tracking results')")
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from lrnn.training.report import write_report
 
-    written = write_report(args.results_dir, args.out)
+    written = write_report(args.results_dir, args.out, title=args.title)
     print(written["report"].read_text(), end="")
     print(f"written: {', '.join(str(p) for p in written.values())}")
     return 0

@@ -33,6 +33,21 @@ def test_train_from_a_config_file_with_overrides(tmp_path, capsys):
     assert config["seed"] == 3 and config["negative_eigenvalues"] is False and config["d_model"] == 8
 
 
+def test_ssm_lr_and_eval_task_flags(tmp_path, capsys):
+    s4d = [*TINY, "--mixer", "s4d", "--mixer-kwargs", '{"d_state": 4, "init": "real"}']
+    assert main(["train", *s4d, "--ssm-lr", "none", "--eval-task", "parity", "--out", str(tmp_path / "a")]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["ssm_lr"] is None and config["eval_task"] == "parity" and config["mixer"] == "s4d"
+    assert main(["train", *s4d, "--ssm-lr", "3e-4", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["ssm_lr"] == 3e-4
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "b"), "--eval-task", "parity", "--eval-bins", "1"]) == 0
+    assert "on parity" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", str(tmp_path / "b"), "--eval-task", "listops"])
+    assert "eval_task 'listops' does not fit" in capsys.readouterr().err
+
+
 def test_sweep_and_report(tmp_path, capsys):
     sets = ["--set", "n_layers=1", "--set", "d_model=8", "--set", "heads=2", "--set", "steps=2",
             "--set", "batch_size=4", "--set", "train_max=8", "--set", "eval_min=8", "--set", "eval_max=10",
@@ -57,6 +72,7 @@ def test_sweep_and_report(tmp_path, capsys):
     (["sweep", "--out", "x", "--set", "steps"], "FIELD=VALUE"),
     (["sweep", "--out", "x", "--spec", "/no/such.toml"], "sweep spec not found"),
     (["report", "/no/such/dir"], "results directory not found"),
+    (["train", "--ssm-lr", "fast"], "expected a number or 'none'"),
     (["demo", "--steps", "-1"], "positive integer"),
 ])
 def test_bad_arguments_give_one_line_errors(argv, needle, capsys, tmp_path, monkeypatch):

@@ -5,6 +5,12 @@ is exported in memory to HF's format and loaded into ``Mamba2ForCausalLM``; the 
 compared first. Then, for each prompt length, both generate ``--new-tokens`` greedily, each token
 timestamped as it is produced (lrnn's ``on_token``, HF's streamer): prefill = time to the first token,
 decode tokens/s = (n - 1) / (t_n - t_1). Both run in one process with the same thread count.
+
+``--compile`` adds a third system, "lrnn compiled": lrnn's ``generate`` with a ``torch.compile``d decode
+step (compiled during the warm-up, not timed; the prefill stays eager). The weight-read floor is measured
+too: one float32 matrix-vector product with every weight matrix a decode step uses (in_proj and out_proj
+of each layer, the LM head), i.e. the time to stream those weights from memory once, which bounds any
+float32 implementation's per-token time from below.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both systems (default: torch's). On a shared machine use 1: "
                              "with busy cores, every parallel elementwise op waits for a descheduled thread")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time lrnn with a torch.compile'd decode step (system 'lrnn compiled')")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
 
 
@@ -76,20 +84,43 @@ class _Clock:
         pass
 
 
-def _run(system: str, model: LanguageModel, hf, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, list[float], float]:
+HF_SYSTEMS = ("hf transformers",)
+
+
+def compiled_step(model: LanguageModel):
+    """A ``generate`` step_fn running ``torch.compile(model)`` on the single-token steps."""
+    compiled = torch.compile(model, fullgraph=True)
+    return lambda ids, cache: compiled(ids, cache=cache)
+
+
+def weight_floor_ms(model: LanguageModel, repeats: int = 10) -> tuple[float, float]:
+    """(median ms, MB read) of one matrix-vector product with every weight matrix of a decode step."""
+    weights = [w for layer in model.layers for w in (layer.mixer.in_proj.weight, layer.mixer.out_proj.weight)]
+    weights.append(model.head.weight)
+    inputs = [torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights]
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for x, w in zip(inputs, weights):
+                torch.nn.functional.linear(x, w)
+            times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times[1:])[repeats // 2], sum(w.numel() * w.element_size() for w in weights) / 1e6
+
+
+def _run(system: str, model: LanguageModel, hf, ids: torch.Tensor, n: int,
+         step_fn=None) -> tuple[torch.Tensor, list[float], float]:
     """Greedy generation of ``n`` tokens; returns (tokens, per-token timestamps, start time)."""
-    clock = _Clock(skip_first_put=system != "lrnn")
+    clock = _Clock(skip_first_put=system in HF_SYSTEMS)
     start = time.perf_counter()
     with torch.no_grad():
-        if system == "lrnn":
-            out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=n), on_token=clock)
+        if system not in HF_SYSTEMS:
+            out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=n), on_token=clock,
+                           step_fn=step_fn if system == "lrnn compiled" else None)
         else:
             out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
                               streamer=clock)
     return out, clock.times, start
-
-
-SYSTEMS = ("lrnn", "hf transformers")
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:
@@ -108,20 +139,28 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
     torch.manual_seed(0)
     model = LanguageModel(lrnn_config()).eval()
     hf = hf_twin(model)
+    systems = ("lrnn", "lrnn compiled", "hf transformers") if args.compile else ("lrnn", "hf transformers")
+    step_fn = compiled_step(model) if args.compile else None
     print(f"# {command}\n# cpu, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"threads {torch.get_num_threads()}, float32, batch 1, greedy, {args.new_tokens} new tokens\n")
     probe = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         err = relative_error(model(probe), hf(probe).logits)
     print(f"same weights: relative logits error lrnn vs HF = {err:.1e}", flush=True)
-    for system in SYSTEMS:  # warm-up (first-call allocations, lazy imports)
-        _run(system, model, hf, probe[:, :8], 2)
+    for system in systems:  # warm-up (first-call allocations, lazy imports, compilation)
+        start = time.perf_counter()
+        _run(system, model, hf, probe[:, :8], 8, step_fn)
+        if system == "lrnn compiled":
+            print(f"compiled the decode step in {time.perf_counter() - start:.0f} s (warm-up, not timed)", flush=True)
+    floor, megabytes = weight_floor_ms(model)
+    print(f"weight-read floor: one float32 matrix-vector pass over the decode step's weight matrices "
+          f"({megabytes:.0f} MB) = {floor:.1f} ms", flush=True)
     rows = []
     for context in args.contexts:
         ids = torch.randint(0, VOCAB, (1, context), generator=torch.Generator().manual_seed(context))
         outputs = {}
-        for system in SYSTEMS:
-            out, times, start = _run(system, model, hf, ids, args.new_tokens)
+        for system in systems:
+            out, times, start = _run(system, model, hf, ids, args.new_tokens, step_fn)
             outputs[system] = out
             decode_s = times[-1] - times[0]
             row = {"system": system, "prompt": context, "new_tokens": len(times), "prefill_s": times[0] - start,
@@ -131,10 +170,11 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
             print(f"  {system:>15} prompt {context:>5}: first token after {row['prefill_s']:6.2f} s, "
                   f"decode {row['decode_tokens_per_s']:6.1f} tok/s ({1e3 / row['decode_tokens_per_s']:.1f} ms/token)",
                   flush=True)
-        same = (outputs["lrnn"] == outputs["hf transformers"]).float().mean().item()
-        print(f"  greedy tokens identical: {same:.1%}", flush=True)
-        for row in rows[-2:]:
-            row["tokens_identical"] = same
+        for system in systems:
+            same = (outputs[system] == outputs["hf transformers"]).float().mean().item()
+            if system != "hf transformers":
+                print(f"  greedy tokens identical ({system} vs HF): {same:.1%}", flush=True)
+            rows[-len(systems) + systems.index(system)]["tokens_identical"] = same
     print("\n| prompt | system | time to first token (s) | decode tok/s | end-to-end new tok/s "
           "| decode speed-up vs HF |")
     print("|---|---|---|---|---|---|")
@@ -143,8 +183,11 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         speedup = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
         print(f"| {row['prompt']} | {row['system']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
               f"{row['end_to_end_tokens_per_s']:.1f} | {speedup:.2f}x |")
+    hf_best = max(r["decode_tokens_per_s"] for r in rows if r["system"] == "hf transformers")
+    print(f"\nweight-read floor {floor:.1f} ms/token = {1e3 / floor:.1f} tok/s: at most "
+          f"{1e3 / floor / hf_best:.2f}x HF's best decode speed here for float32 weights at this thread count")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"command": command, "logits_relative_error": err, "rows": rows}
+        result = {"command": command, "logits_relative_error": err, "weight_floor_ms": floor, "rows": rows}
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

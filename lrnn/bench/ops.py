@@ -380,13 +380,16 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
     if load is not None and load > 0.5:
         log(f"warning: 1-minute load average is {load:.2f} before starting; other processes compete for the "
             "CPU and will inflate the timings")
-    start = _measure_matmul(s, "start", log)
     models: dict[tuple[str, str], MemoryModel] = {}
+    # The memory sweep's child processes run first, while this process is still small: after the
+    # recurrent-mode backward passes the allocator keeps many GB resident here, and a child measuring a
+    # multi-GB peak beside it can push a 24 GB machine out of memory.
+    sweep = memory_sweep(s, models, log)
+    start = _measure_matmul(s, "start", log)
     rows = [row for case in s.cases for row in bench_case(case, s, start.gflops, models, log)]
     end = _measure_matmul(s, "end", log)
     reference = max(start, end, key=lambda m: m.gflops)
     _set_reference(rows, reference.gflops)
-    sweep = memory_sweep(s, models, log)
     _attach_measured_peaks(rows, sweep)
     return {
         "command": command,

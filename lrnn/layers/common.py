@@ -109,6 +109,20 @@ class ShortConv(nn.Module):
             state[name] = final
         return y
 
+    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor], name: str = "conv") -> torch.Tensor:
+        """One decode step: x [B, D] after the W-1 inputs cached in ``state[name]`` (updated) -> [B, D].
+
+        The same sums as ``short_conv(mode="recurrent")`` on one token, without its sequence bookkeeping.
+        """
+        window = torch.cat([state[name].to(x.dtype), x.unsqueeze(1)], dim=1)  # [B, W, D]
+        y = (window * self.weight.squeeze(1).t().to(x.dtype)).sum(1)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        if self.activation == "silu":
+            y = F.silu(y)
+        state[name] = window[:, 1:].clone(memory_format=torch.contiguous_format)  # standard strides
+        return y
+
 
 def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:
     """Inverse softplus of dt ~ log-uniform[dt_min, dt_max] (floored): softplus(bias) starts at dt."""

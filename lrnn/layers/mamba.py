@@ -16,6 +16,8 @@ from torch import nn
 
 from lrnn.layers.common import GatedRMSNorm, ShortConv, check_flag, check_positive, init_dt_bias, recurrent_mode
 from lrnn.ops import decay_recurrence, negative_range
+from lrnn.ops._chunking import compute_dtype
+from lrnn.ops.decay import signs
 
 State = dict[str, torch.Tensor]
 
@@ -81,6 +83,8 @@ class Mamba2(nn.Module):
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
+        if mode == "recurrent" and t == 1 and mask is None and "ssm" in state and "conv" in state:
+            return self._step(hidden, state)
         z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
         xbc = self.conv1d(_masked(xbc, mask), state, "conv", mode)
         x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
@@ -90,8 +94,9 @@ class Mamba2(nn.Module):
         dt = _masked(dt, mask)  # dt = 0 on padding: decay 1, no input
         log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
         x = x.reshape(b, t, h, p)
-        bmat = bmat.reshape(b, t, g, n).repeat_interleave(h // g, dim=2)
-        cmat = cmat.reshape(b, t, g, n).repeat_interleave(h // g, dim=2)
+        # Heads share their group's B and C: with one group this is a stride-0 view, not an [B, T, H, N] copy.
+        bmat = bmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
+        cmat = cmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
         y, ssm = decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, scale=1.0,
                                   initial_state=None if state is None else state.get("ssm"),
                                   output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
@@ -99,6 +104,38 @@ class Mamba2(nn.Module):
         y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
         if state is not None:
             state["ssm"] = ssm
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
+        return self.out_proj(y)
+
+    def _step(self, hidden: torch.Tensor, state: State) -> torch.Tensor:
+        """One decode step (T = 1, no mask) from a cached state: the same math as ``forward`` through
+        ``decay_recurrence(mode="recurrent")``, written for a single token without the sequence machinery
+        (no per-head copies of B and C, no argument checks, the state updated in two passes over it)."""
+        b = hidden.shape[0]
+        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xbc, dt = torch.split(self.in_proj(hidden[:, 0]), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
+        xbc = self.conv1d.step(xbc, state, "conv")
+        x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
+        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
+        dtype = compute_dtype(x.dtype)
+        a = torch.exp(log_a.to(dtype))  # [B, H]
+        if negative is not None:
+            a = a * signs(negative, a)
+        x = x.reshape(b, h, p)
+        v = (x * dt.unsqueeze(-1).to(x.dtype)).to(dtype).reshape(b, g, h // g, 1, p)
+        k = bmat.to(dtype).reshape(b, g, 1, n, 1)
+        q = cmat.to(dtype).reshape(b, g, 1, 1, n)
+        # H <- a H + k v^T per head (heads grouped as [B, G, H/G, N, P]); o = H^T q.
+        ssm = state["ssm"].to(dtype).reshape(b, g, h // g, n, p) * a.reshape(b, g, h // g, 1, 1)
+        ssm.addcmul_(k, v)
+        y = torch.matmul(q, ssm).reshape(b, h, p).to(x.dtype)
+        state["ssm"] = ssm.reshape(b, h, n, p)
+        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
+        y = (y + x * d.to(x.dtype)).reshape(b, 1, self.d_inner)
+        z = z.unsqueeze(1)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 

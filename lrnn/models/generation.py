@@ -71,7 +71,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         input_ids: [B, T] prompts, left-padded; attention_mask [B, T] (1 = token, 0 = padding) or None.
         sampling: a ``SamplingConfig`` (default: greedy, 32 tokens).
         step_fn: optional replacement for ``model(ids, cache=cache)`` on single-token steps (e.g. a
-            ``torch.compile``d one).
+            ``torch.compile``d one); called as ``step_fn(ids [B, 1], cache)``, returns logits [B, 1, V].
         eos_check_every: check for all-finished rows every this many steps (each check syncs with the
             device, so it is not done every step).
         on_token: optional callback receiving each step's tokens [B] (streaming).
@@ -86,7 +86,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
         if value is not None and not 0 <= value < vocab:
             raise ValueError(f"{name} must be a token id in [0, {vocab}), got {value}")
     cache: Cache = model.new_cache()
-    logits = model(input_ids, cache=cache, attention_mask=attention_mask)[:, -1]
+    # Only the last prompt position's logits are used: skip the head for the others ([T, vocab] matmul).
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
     step = step_fn or (lambda ids, c: model(ids, cache=c))
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = [input_ids]

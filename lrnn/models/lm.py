@@ -49,9 +49,11 @@ class Block(nn.Module):
 class LanguageModel(nn.Module):
     """Embedding -> blocks -> norm -> LM head (or token-classification head when ``num_labels`` is set).
 
-    ``forward(input_ids [B, T], cache=None, attention_mask=None) -> logits [B, T, vocab or labels]``.
-    With a ``Cache`` the model continues from, and updates, the cached states; ``attention_mask``
-    [B, T] (1 = token, 0 = left padding) makes padded positions identity steps.
+    ``forward(input_ids [B, T], cache=None, attention_mask=None, logits_to_keep=0) -> logits [B, T, vocab or
+    labels]``. With a ``Cache`` the model continues from, and updates, the cached states; ``attention_mask``
+    [B, T] (1 = token, 0 = left padding) makes padded positions identity steps. ``logits_to_keep=n >= 1``
+    computes the final norm and head for the last ``n`` positions only (logits [B, n, ...]; generation's
+    prefill needs just the last one); 0 (the default) keeps all ``T``, as in HF transformers.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -74,22 +76,26 @@ class LanguageModel(nn.Module):
         return Cache(len(self.layers))
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_inputs(input_ids, cache, attention_mask)
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        self._check_inputs(input_ids, cache, attention_mask, logits_to_keep)
         mask = None if attention_mask is None else attention_mask.bool()
         x = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, None if cache is None else cache.layers[i], mask)
         if cache is not None:
             cache.length += input_ids.shape[1]
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # the norm and head are per position: the kept rows are unchanged
         logits = self.head(self.norm_f(x))
         if self.config.num_labels is None and self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         return logits
 
-    def _check_inputs(self, input_ids, cache, attention_mask) -> None:
+    def _check_inputs(self, input_ids, cache, attention_mask, logits_to_keep) -> None:
         if torch.compiler.is_compiling():
             return
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {logits_to_keep!r}")
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int32):
             got = f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise TypeError(f"input_ids must be an integer tensor [batch, time], got {got}")

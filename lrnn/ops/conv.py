@@ -50,17 +50,24 @@ def short_conv(
     b, t, d = x.shape
     history = x.new_zeros(b, width - 1, d) if initial_state is None else initial_state.to(x.dtype)
     padded = torch.cat([history, x], dim=1)  # [B, W-1+T, D]
-    if t == 0:
-        y = x
-    elif mode == "recurrent":
-        y = torch.stack([(padded[:, i:i + width] * weight.t()).sum(1) for i in range(t)], dim=1)
+    if t > 0 and mode == "chunk":
+        # W shifted multiply-adds over the [B, T, D] layout (bias first). F.conv1d wants [B, D, T]: two
+        # transposing copies, and its transposed output left every later op reading time-strided memory.
+        y = padded[:, :t] * weight[:, 0] if bias is None else torch.addcmul(bias, padded[:, :t], weight[:, 0])
+        for w in range(1, width):
+            y = y.addcmul_(padded[:, w:w + t], weight[:, w])
     else:
-        y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), groups=d).transpose(1, 2)
-    if bias is not None:
-        y = y + bias
+        if t == 0:
+            y = x
+        else:
+            y = torch.stack([(padded[:, i:i + width] * weight.t()).sum(1) for i in range(t)], dim=1)
+        if bias is not None:
+            y = y + bias
     if activation == "silu":
         y = F.silu(y)
-    final = padded[:, padded.shape[1] - (width - 1):] if output_final_state else None
+    final = None
+    if output_final_state:  # a small copy with standard strides (a slice's strides would vary with T)
+        final = padded[:, padded.shape[1] - (width - 1):].clone(memory_format=torch.contiguous_format)
     return y, final
 
 

@@ -66,10 +66,13 @@ def decay_recurrence(
     state = None if initial_state is None else initial_state.to(dtype)
     if q.shape[1] == 0:  # an empty sequence leaves the state as it was
         o, state = empty_sequence(q, v, state)
-    elif mode == "recurrent":
-        o, state = _recurrent(q * scale, k, v, g, s, state)
     else:
-        o, state = _chunked(q * scale, k, v, g, s, state, chunk_size)
+        if scale != 1.0:  # Mamba-style callers pass 1.0: skip a full pass over q (maybe a stride-0 view)
+            q = q * scale
+        if mode == "recurrent":
+            o, state = _recurrent(q, k, v, g, s, state)
+        else:
+            o, state = _chunked(q, k, v, g, s, state, chunk_size)
     return o.to(out_dtype), (state if output_final_state else None)
 
 

@@ -9,7 +9,8 @@ A task draws seeded batches of token sequences with integer class targets:
 
 Models are causal, so right padding never changes the predictions at real positions. ``length`` counts
 input tokens, and is what length-generalisation bins are made of. ``answer_positions`` says where the
-targets sit: ``"final"`` (one answer at the last real token: parity, arithmetic) or ``"every"`` (a target
+targets sit: ``"final"`` (one answer at the last real token: parity, arithmetic), ``"suffix"`` (answers on
+the last few real tokens: selective copying; scored per sequence, all answers right) or ``"every"`` (a target
 at every real token: group word problems' prefix products).
 """
 
@@ -44,9 +45,12 @@ class Task(ABC):
         vocab_size: number of input token ids (``pad_id`` included).
         num_classes: number of answer classes |Y| (scaled accuracy uses it).
         pad_id: input id used past each sequence's length.
-        answer_positions: ``"final"`` or ``"every"``.
+        answer_positions: ``"final"``, ``"suffix"`` or ``"every"``.
         min_supported_length: the shortest length the task can produce.
         description: vocabulary, answer positions and classes in a few lines (shown by the CLI).
+        test_split: registry name of the task's held-out split, which training evaluates on (e.g.
+            ``"sequential_digits_test"`` for ``"sequential_digits"``); None: fresh draws of the task
+            itself are held out (generated tasks).
     """
 
     name: str
@@ -56,6 +60,7 @@ class Task(ABC):
     answer_positions: str
     min_supported_length: int = 1
     description: str = ""
+    test_split: str | None = None
 
     def sample(self, batch_size: int, min_length: int, max_length: int | None = None,
                generator: torch.Generator | None = None) -> TaskBatch:

@@ -59,6 +59,9 @@ class SequentialDigits(Task):
         self.pixels = torch.div(pixels[index] * levels, 17, rounding_mode="floor")
         self.labels = labels[index]
         self.split, self.levels = split, levels
+        self.name = "sequential_digits" if split == "train" else "sequential_digits_test"  # registry names
+        # Training on the train split evaluates on the test split (RunConfig.eval_task = None).
+        self.test_split = "sequential_digits_test" if split == "train" and levels == 17 else None
         self.vocab_size, self.pad_id = levels + 1, levels
         self.description = (f"8x8 digit images ({split} split, {len(index)} images) read pixel by pixel "
                             f"(64 tokens, intensities in {levels} levels 0-{levels - 1}; {levels} pads); "

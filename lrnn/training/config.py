@@ -37,6 +37,9 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 """Named length protocols; ``RunConfig.with_protocol(name)`` applies one."""
 
+S4D_INIT_LABELS = {"legs": "LegS", "lin": "Lin", "inv": "Inv", "real": "Real", "ptd": "PTD"}
+"""S4D init name (``mixer_kwargs["init"]``) -> the suffix of its model label, "S4D-LegS" etc."""
+
 
 @dataclass
 class RunConfig:
@@ -45,7 +48,7 @@ class RunConfig:
     Model: ``mixer`` (a name in ``lrnn.layers.MIXERS``; "attention" is the Transformer baseline),
     ``negative_eigenvalues`` (the [-1, 1] switch), ``n_layers``, ``d_model``, ``heads`` (heads of
     DeltaNet-family and attention mixers; Mamba-2 uses ``headdim = expand * d_model / heads``),
-    ``n_h`` (Householder steps per token of DeltaProduct), ``d_state`` (Mamba / Mamba-2 state size,
+    ``n_h`` (Householder steps per token of DeltaProduct), ``d_state`` (Mamba / Mamba-2 / S4D state size,
     None: the mixer's default), ``d_intermediate`` (MLP width after each mixer, 0: none),
     ``chunk_size`` (chunked-scan block length), ``mixer_kwargs`` (extra constructor arguments, win
     over everything derived above).
@@ -53,11 +56,15 @@ class RunConfig:
     Optimisation: AdamW with ``lr``, ``weight_decay`` (not on norms, biases or parameters flagged
     ``_no_weight_decay``), ``betas``; linear warm-up over ``warmup_fraction * steps`` steps, then a
     cosine from ``lr`` down to ``min_lr``; gradients clipped to global norm ``grad_clip`` (0: off).
+    ``ssm_lr``: the peak learning rate of S4D's SSM parameters (A, B, dt; flagged ``_ssm_param``), which
+    get no weight decay and follow the same schedule scaled by ``ssm_lr / lr`` (None: the same lr as
+    the rest; models without S4D layers are unaffected).
 
     Data: lengths uniform in [train_min, train_max]; ``batch_size`` fresh sequences per step.
 
-    Evaluation: ``eval_bins`` equal-width length bins over [eval_min, eval_max], ``eval_samples``
-    sequences per bin drawn from a generator seeded with ``eval_seed`` (the same set every time),
+    Evaluation: on ``eval_task`` (None: the task's held-out split ``Task.test_split`` if it has one, e.g.
+    sequential_digits -> sequential_digits_test, else the training task), ``eval_bins`` equal-width
+    length bins over [eval_min, eval_max], ``eval_samples`` sequences per bin drawn from a generator seeded with ``eval_seed`` (the same set every time),
     every ``eval_every`` steps (0: only at the end) and at the end; ``eval_batch_size`` per forward.
 
     Bookkeeping: ``log_every`` steps per JSONL line, ``checkpoint_every`` steps per checkpoint
@@ -78,6 +85,7 @@ class RunConfig:
     lr: float = 1e-3
     min_lr: float = 1e-6
     weight_decay: float = 0.1
+    ssm_lr: float | None = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
@@ -85,6 +93,7 @@ class RunConfig:
     batch_size: int = 64
     train_min: int = 3
     train_max: int = 40
+    eval_task: str | None = None
     eval_min: int = 40
     eval_max: int = 256
     eval_bins: int = 8
@@ -122,6 +131,11 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.ssm_lr is not None and (isinstance(self.ssm_lr, bool) or not isinstance(self.ssm_lr, (int, float))
+                                        or not self.ssm_lr > 0):
+            raise ValueError(f"ssm_lr must be a number > 0 or None (the same lr as the rest), got {self.ssm_lr!r}")
+        if self.eval_task is not None and (not isinstance(self.eval_task, str) or not self.eval_task):
+            raise TypeError(f"eval_task must be a task name or None (the task's test split), got {self.eval_task!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.min_lr > self.lr:
@@ -155,7 +169,7 @@ class RunConfig:
             if inner % self.heads:
                 raise ValueError(f"heads must divide 2 * d_model = {inner} for mamba2, got {self.heads}")
             kwargs["headdim"] = inner // self.heads
-        if self.mixer in ("mamba", "mamba2") and self.d_state is not None:
+        if self.mixer in ("mamba", "mamba2", "s4d") and self.d_state is not None:
             kwargs["d_state"] = self.d_state
         if self.mixer in RECURRENT_MIXERS:
             kwargs["chunk_size"] = self.chunk_size
@@ -178,10 +192,13 @@ class RunConfig:
 
     @property
     def model_label(self) -> str:
-        """Human name of the model, e.g. "DeltaProduct n_h=2" (a row of the report)."""
+        """Human name of the model, e.g. "DeltaProduct n_h=2" or "S4D-LegS" (a row of the report)."""
         names = {"mamba": "Mamba", "mamba2": "Mamba-2", "deltanet": "DeltaNet", "gated_deltanet": "Gated DeltaNet",
                  "deltaproduct": "DeltaProduct", "attention": "Transformer", "lstm": "LSTM"}
         label = names.get(self.mixer, self.mixer)
+        if self.mixer == "s4d":  # one row per init: "S4D-LegS", "S4D-PTD", ...
+            init = self.mixer_arguments().get("init", "legs")
+            return f"S4D-{S4D_INIT_LABELS.get(init, init)}"
         return f"{label} n_h={self.n_h}" if self.mixer == "deltaproduct" else label
 
     def with_protocol(self, name: str) -> "RunConfig":

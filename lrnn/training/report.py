@@ -17,10 +17,12 @@ from pathlib import Path
 
 from lrnn.models.io import atomic_write_text
 
-MODEL_ORDER = ("Transformer", "LSTM", "Mamba", "Mamba-2", "DeltaNet", "Gated DeltaNet", "DeltaProduct")
+MODEL_ORDER = ("Transformer", "LSTM", "S4D-LegS", "S4D-Lin", "S4D-Inv", "S4D-Real", "S4D-PTD", "Mamba", "Mamba-2",
+               "DeltaNet", "Gated DeltaNet", "DeltaProduct")
 RANGE_ORDER = ("-", "[0, 1]", "[-1, 1]")
 TASK_ORDER = ("parity", "arithmetic", "arithmetic_brackets", "even_pairs", "parity_check", "cycle_navigation",
-              "modular_arithmetic_simple", "s3", "s4", "a5", "s5", "z60", "a4xz5", "s5_swaps")
+              "modular_arithmetic_simple", "s3", "s4", "a5", "s5", "z60", "a4xz5", "s5_swaps",
+              "listops", "sequential_digits", "selective_copy", "associative_recall")
 
 
 @dataclass
@@ -108,6 +110,11 @@ def plot_lengths(cells: list[Cell], task: str, path: str | Path) -> Path:
         curves.append((label, c.range == "[0, 1]", c.best_run["eval"]["bins"]))
     config = chosen[0].best_run["config"]
     every = chosen[0].best_run["eval"]["answer_positions"] == "every"
+    if all(len(bins) == 1 for _, _, bins in curves):  # one test length bin (e.g. 64-pixel digits): bars
+        eval_task = chosen[0].best_run.get("eval_task", task)
+        return plot_bars([(label, bins[0]["score"]) for label, _, bins in curves], path,
+                         f"{task}, evaluated on {eval_task} (best run per model)",
+                         "sequence accuracy" if every else "scaled accuracy")
     return plot_curves(curves, path, f"{task} (best run per model)",
                        "sequence accuracy" if every else "scaled accuracy", (config["train_min"], config["train_max"]))
 
@@ -150,12 +157,46 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
     return path
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``summary.json`` and one ``<task>.png`` per task into ``out_dir``.
+def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metric: str) -> Path:
+    """Write a PNG bar chart of one score per ``(label, score)`` (tasks with a single test length bin).
+
+    The file is written to a temporary name, then renamed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels, scores = [b[0] for b in bars], [b[1] for b in bars]
+    ax.bar(range(len(bars)), scores, color=[f"C{i % 10}" for i in range(len(bars))])
+    for i, score in enumerate(scores):
+        ax.text(i, score + 0.01 if score >= 0 else score - 0.05, f"{score:.3f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel=metric, title=title, ylim=(min(-0.05, min(scores) - 0.1), 1.05))
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    tmp.replace(path)  # atomic: readers never see half a PNG
+    return path
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 title: str = "State-tracking results") -> dict[str, Path]:
+    """Write ``report.md`` (headed ``# title``), ``summary.json`` and one ``<task>.png`` per task into ``out_dir``.
 
     ``out_dir`` defaults to ``results_dir``. Returns the written paths by name ("report", "summary",
     and each task name).
     """
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError(f"title must be a non-empty string, got {title!r}")
     results = collect_results(results_dir)
     if not results:
         raise ValueError(f"no finished runs (result.json with finished = true) under {results_dir}")
@@ -164,7 +205,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     written: dict[str, Path] = {}
     for task in sorted({c.task for c in cells}):
         written[task] = plot_lengths(cells, task, out / f"{task}.png")
-    text = ["# State-tracking results", "",
+    text = [f"# {title}", "",
             f"{len(results)} finished runs under `{results_dir}`. Entry: **best** score over learning rates and "
             "seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). Score: "
             "scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for tasks "
@@ -185,5 +226,5 @@ def _order(order: tuple[str, ...], name: str) -> tuple[int, str]:
 
 
 def _model_key(model: str) -> tuple[int, str]:
-    base = "DeltaProduct" if model.startswith("DeltaProduct") else model
+    base = "DeltaProduct" if model.startswith("DeltaProduct") else model  # S4D-<init> labels are listed
     return (_order(MODEL_ORDER, base)[0], model)

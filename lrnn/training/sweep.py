@@ -31,7 +31,8 @@ class SweepSpec:
     """A grid of runs.
 
     Attributes:
-        tasks: task names. models: mixer names, optionally with ``:n_h`` (e.g. ``"deltaproduct:2"``).
+        tasks: task names. models: mixer names, optionally with ``:n_h`` (e.g. ``"deltaproduct:2"``), or
+            ``"s4d:INIT"`` with INIT an S4D init ("legs", "lin", "inv", "real", "ptd"; plain "s4d": legs).
         ranges: eigenvalue ranges, "[0,1]" and/or "[-1,1]" (attention and LSTM run once, with range "-").
         lrs: learning rates. seeds: seeds.
         protocol: a name in ``PROTOCOLS`` applied to every run (None: the base's lengths).
@@ -100,7 +101,7 @@ class SweepSpec:
         runs = []
         for task in self.tasks:
             for model in self.models:
-                mixer, n_h = _parse_model(model)
+                mixer, variant = _parse_model(model)
                 ranges = self.ranges if mixer in RECURRENT_MIXERS else self.ranges[:1]
                 for rng in ranges:
                     for lr in self.lrs:
@@ -109,8 +110,10 @@ class SweepSpec:
                                       **self.model_overrides.get(model, {}), "task": task, "mixer": mixer,
                                       "negative_eigenvalues": RANGES[rng] and mixer in RECURRENT_MIXERS,
                                       "lr": float(lr), "seed": int(seed)}
-                            if n_h is not None:
-                                fields["n_h"] = n_h
+                            if mixer == "s4d" and variant is not None:
+                                fields["mixer_kwargs"] = {**fields.get("mixer_kwargs", {}), "init": variant}
+                            elif variant is not None:
+                                fields["n_h"] = int(variant)
                             config = RunConfig.from_dict(fields)
                             if self.protocol is not None:
                                 config = config.with_protocol(self.protocol)
@@ -119,8 +122,10 @@ class SweepSpec:
 
 
 def run_name(config: RunConfig) -> str:
-    """A directory name such as ``parity-deltaproduct2-neg-lr0.001-s0``."""
+    """A directory name such as ``parity-deltaproduct2-neg-lr0.001-s0`` or ``listops-s4d-ptd-base-lr0.003-s0``."""
     model = config.mixer + (str(config.n_h) if config.mixer == "deltaproduct" else "")
+    if config.mixer == "s4d":
+        model += "-" + str(config.mixer_arguments().get("init", "legs"))
     rng = {"-": "base", "[0, 1]": "pos", "[-1, 1]": "neg"}[config.eigenvalue_range]
     return f"{config.task}-{model}-{rng}-lr{config.lr:g}-s{config.seed}"
 
@@ -196,18 +201,28 @@ def _run_one(job: tuple[str, dict, int]) -> tuple[str, float | None, str | None]
         return name, None, traceback.format_exc()
 
 
-def _parse_model(model: str) -> tuple[str, int | None]:
-    """"deltaproduct:2" -> ("deltaproduct", 2); "mamba" -> ("mamba", None)."""
+def _parse_model(model: str) -> tuple[str, str | None]:
+    """"deltaproduct:2" -> ("deltaproduct", "2"); "s4d:ptd" -> ("s4d", "ptd"); "mamba" -> ("mamba", None).
+
+    The part after ':' is n_h (a positive integer) for every mixer but S4D, whose variant is its init.
+    """
     if not isinstance(model, str):
-        raise TypeError(f"a model must be a mixer name, optionally ':n_h', got {model!r}")
-    mixer, _, n_h = model.partition(":")
+        raise TypeError(f"a model must be a mixer name, optionally ':n_h' (':init' for s4d), got {model!r}")
+    mixer, _, variant = model.partition(":")
     if mixer not in MIXERS:
-        raise ValueError(f"unknown model {model!r}; mixers: {sorted(MIXERS)} (optionally with ':n_h')")
-    if not n_h:
+        raise ValueError(f"unknown model {model!r}; mixers: {sorted(MIXERS)} (optionally with ':n_h', "
+                         f"or 's4d:INIT')")
+    if not variant:
         return mixer, None
-    if not n_h.isdigit() or int(n_h) < 1:
+    if mixer == "s4d":
+        from lrnn.layers.hippo import INITS
+
+        if variant not in INITS:
+            raise ValueError(f"the init of model {model!r} must be one of {list(INITS)}")
+        return mixer, variant
+    if not variant.isdigit() or int(variant) < 1:
         raise ValueError(f"the n_h of model {model!r} must be a positive integer")
-    return mixer, int(n_h)
+    return mixer, variant
 
 
 def _say(quiet: bool, text: str) -> None:

@@ -57,6 +57,30 @@ def build_model(config: RunConfig, task: Task) -> LanguageModel:
     return LanguageModel(config.model_config(task.vocab_size, task.num_classes))
 
 
+def make_eval_task(config: RunConfig, task: Task | None = None) -> Task:
+    """The task a run is evaluated on: ``config.eval_task`` if set, else ``task.test_split`` (the training
+    task's held-out split, e.g. sequential_digits -> sequential_digits_test) if it has one, else the
+    training task itself (generated tasks: the evaluation draws fresh sequences from a fixed seed).
+
+    ``task`` is the training task (built from ``config.task`` when None). The evaluation task must have
+    the same vocabulary size, number of classes and answer positions as the training task (the model's
+    embedding and head are sized by it); a ValueError naming ``eval_task`` says otherwise.
+    """
+    task = make_task(config.task) if task is None else task
+    name = config.eval_task if config.eval_task is not None else task.test_split
+    if name is None or name == task.name:
+        return task
+    try:
+        eval_task = make_task(name)
+    except ValueError as err:
+        raise ValueError(f"eval_task: {err}") from None
+    for attr in ("vocab_size", "num_classes", "answer_positions"):
+        if getattr(eval_task, attr) != getattr(task, attr):
+            raise ValueError(f"eval_task {name!r} does not fit task {task.name!r}: its {attr} is "
+                             f"{getattr(eval_task, attr)!r}, the training task's is {getattr(task, attr)!r}")
+    return eval_task
+
+
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``; a clear ValueError for unknown or unavailable devices."""
     try:
@@ -85,15 +109,19 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool 
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     device = resolve_device(config.device)
     task = make_task(config.task)
-    if config.train_min < task.min_supported_length or config.eval_min < task.min_supported_length:
+    eval_task = make_eval_task(config, task)
+    if config.train_min < task.min_supported_length:
         raise ValueError(f"task {task.name!r} needs lengths >= {task.min_supported_length}, got train_min = "
-                         f"{config.train_min}, eval_min = {config.eval_min}")
+                         f"{config.train_min}")
+    if config.eval_min < eval_task.min_supported_length:
+        raise ValueError(f"task {eval_task.name!r} needs lengths >= {eval_task.min_supported_length}, got "
+                         f"eval_min = {config.eval_min}")
     run_dir = None if out_dir is None else Path(out_dir)
     if run_dir is not None and resume and (run_dir / RESULT_FILE).is_file():
         return _load_finished(run_dir, config, device)
 
     model = build_model(config, task).to(device)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas, config.ssm_lr)
     generator = torch.Generator().manual_seed(config.seed)
     start = 0
     if run_dir is not None:
@@ -136,7 +164,7 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool 
                     bar.set_postfix(loss=f"{window_loss / window_steps:.4f}", acc=f"{acc:.3f}", refresh=False)
                 window_loss, window_counts, window_steps = 0.0, Counts(), 0
             if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-                log.write({"kind": "eval", "step": done, **_evaluate(model, task, config, device)["overall"]})
+                log.write({"kind": "eval", "step": done, **_evaluate(model, eval_task, config, device)["overall"]})
             if run_dir is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
                                         or done == end):
                 _save_checkpoint(run_dir, config, model, optimizer, generator, done)
@@ -150,9 +178,10 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool 
     if end < config.steps:
         return RunOutcome(model, {"finished": False, "step": end})
 
-    evaluation = _evaluate(model, task, config, device)
+    evaluation = _evaluate(model, eval_task, config, device)
     log.write({"kind": "eval", "step": config.steps, **evaluation["overall"]})
-    result = {"finished": True, "config": config.to_dict(), "task": config.task, "model": config.model_label,
+    result = {"finished": True, "config": config.to_dict(), "task": config.task, "eval_task": eval_task.name,
+              "model": config.model_label,
               "mixer": config.mixer, "range": config.eigenvalue_range, "seed": config.seed, "lr": config.lr,
               "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
               "score": evaluation["overall"]["score"], "eval": evaluation}
@@ -236,7 +265,9 @@ def _load_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, opt
 def _check_same_run(saved: dict, config: RunConfig, source: Path) -> None:
     """Refuse to continue (or reuse) a run written by a config that differs in a field that matters."""
     current = config.to_dict()
-    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+    # A field missing from ``saved`` was added after the run was written: it counts as its default.
+    defaults = RunConfig().to_dict()
+    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
     if changed:
         raise ValueError(f"{source} was written by a different run config (fields {changed} differ); "
                          f"pass a new output directory or start over without resuming")

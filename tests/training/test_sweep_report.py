@@ -97,3 +97,40 @@ def test_report_from_a_run_directory(tmp_path):
     assert written["parity"].is_file() and len(json.loads(written["summary"].read_text())) == 2
     with pytest.raises(ValueError, match="no finished runs"):
         write_report(tmp_path / "out")
+
+
+def test_s4d_inits_as_sweep_models():
+    spec = SweepSpec(tasks=["listops"], models=["s4d:legs", "s4d:ptd", "s4d", "mamba2"], ranges=["[0,1]"],
+                     base=dict(TINY, d_state=4, mixer_kwargs={"dt_min": 0.01}))
+    configs = dict(spec.runs())
+    # plain "s4d" is the LegS init: it names the same run as "s4d:legs"
+    assert sorted(configs) == ["listops-mamba2-pos-lr0.001-s0", "listops-s4d-legs-base-lr0.001-s0",
+                               "listops-s4d-ptd-base-lr0.001-s0"]
+    ptd = configs["listops-s4d-ptd-base-lr0.001-s0"]
+    assert ptd.mixer_kwargs == {"dt_min": 0.01, "init": "ptd"} and ptd.model_label == "S4D-PTD"
+    assert ptd.mixer_arguments() == {"d_state": 4, "dt_min": 0.01, "init": "ptd"}
+    assert configs["listops-s4d-legs-base-lr0.001-s0"].model_label == "S4D-LegS"
+    with pytest.raises(ValueError, match="init of model 's4d:fourier'"):
+        SweepSpec(models=["s4d:fourier"])
+    with pytest.raises(ValueError, match="n_h of model 'deltanet:legs'"):
+        SweepSpec(models=["deltanet:legs"])
+
+
+def test_plain_s4d_and_its_legs_variant_collide():
+    # "s4d" is S4D-LegS: listing both gives the same run twice, which run_sweep refuses.
+    spec = SweepSpec(tasks=["listops"], models=["s4d", "s4d:legs"], base=dict(TINY))
+    assert len({n for n, _ in spec.runs()}) == 1
+
+
+def test_report_of_single_bin_tasks_draws_bars_and_takes_a_title(tmp_path):
+    for init in ("lin", "real"):
+        train(tiny_config(mixer="s4d", mixer_kwargs={"d_state": 4, "init": init}, steps=2, eval_min=12, eval_max=12,
+                          eval_bins=1), tmp_path / "runs" / init, quiet=True)
+    written = write_report(tmp_path / "runs", tmp_path / "out", title="S4D inits")
+    text = written["report"].read_text()
+    assert text.startswith("# S4D inits\n")
+    assert "| S4D-Lin | - |" in text and "| S4D-Real | - |" in text
+    assert text.index("| S4D-Lin |") < text.index("| S4D-Real |")  # the init order of MODEL_ORDER
+    assert written["parity"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="title"):
+        write_report(tmp_path / "runs", tmp_path / "out", title=" ")
