@@ -50,16 +50,18 @@ def _bench_one(name: str, model: LanguageModel, context: int, args, device: torc
     prompt = torch.randint(0, VOCAB, (args.batch, context), generator=gen).to(device)
     step = model
     if args.compile:
-        step = torch.compile(model, fullgraph=True, dynamic=False)
+        # Default (automatic) dynamic shapes: with dynamic=False every step's new ``cache.length`` would
+        # recompile; this way the second step recompiles once with a symbolic length (in the warm-up).
+        step = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         cache = model.new_cache()
         synchronize(device)
         start = time.perf_counter()
-        logits = model(prompt, cache=cache)
+        logits = model(prompt, cache=cache, logits_to_keep=1)  # as generate(): the head on the last position only
         synchronize(device)
         prefill_s = time.perf_counter() - start
         token = logits[:, -1].argmax(-1, keepdim=True)
-        for _ in range(3):  # warm-up steps (and compilation), then the timed ones
+        for _ in range(4):  # warm-up steps (and compilation), then the timed ones
             token = step(token, cache=cache)[:, -1].argmax(-1, keepdim=True)
         synchronize(device)
         start = time.perf_counter()

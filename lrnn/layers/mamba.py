@@ -83,7 +83,7 @@ class Mamba2(nn.Module):
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
-        if mode == "recurrent" and t == 1 and mask is None and "ssm" in state and "conv" in state:
+        if mode == "recurrent" and t == 1 and mask is None and state is not None and "ssm" in state and "conv" in state:
             return self._step(hidden, state)
         z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
         xbc = self.conv1d(_masked(xbc, mask), state, "conv", mode)

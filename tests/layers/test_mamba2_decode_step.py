@@ -46,6 +46,7 @@ def test_fast_step_is_taken_for_plain_steps_only(monkeypatch):
     x = random_hidden(2, 4, F64)
     with torch.no_grad():
         state: dict = {}
+        layer(x[:, :1], mode="recurrent")  # no cache at all: general path
         layer(x[:, :1], state)  # no state yet: general path
         layer(x[:, 1:2], state, torch.ones(2, 1, dtype=torch.bool))
         assert calls == []
