@@ -11,8 +11,47 @@ from typing import Any
 from lrnn.layers import MIXERS, RECURRENT_MIXERS
 
 
+class JsonConfig:
+    """Mixin for config dataclasses: a strict dict / JSON-file round trip.
+
+    ``from_dict`` refuses unknown keys (naming them), ``save`` writes atomically, ``load`` names a
+    missing or malformed file. ``config_kind`` names the config in error messages.
+    """
+
+    config_kind = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise TypeError(f"a {cls.config_kind} must be a JSON object (a mapping), got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.config_kind} key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        from lrnn.models.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{cls.config_kind} file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """A causal LM (or token classifier): embedding -> n_layers x (norm, mixer, norm, MLP) -> norm -> head.
 
     Attributes:
@@ -45,11 +84,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "pad_vocab_size_multiple"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("attention_every", self.attention_every, 0)
-        _check_int("d_intermediate", self.d_intermediate, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("attention_every", self.attention_every, 0)
+        check_int("d_intermediate", self.d_intermediate, 0)
         if self.num_labels is not None:
-            _check_int("num_labels", self.num_labels, 1)
+            check_int("num_labels", self.num_labels, 1)
         if not isinstance(self.negative_eigenvalues, bool):
             raise TypeError(f"negative_eigenvalues must be a bool, got {self.negative_eigenvalues!r}")
         if not isinstance(self.mixer_kwargs, dict) or not all(isinstance(v, dict) for v in self.mixer_kwargs.values()):
@@ -88,37 +127,9 @@ class ModelConfig:
         m = self.pad_vocab_size_multiple
         return (self.vocab_size + m - 1) // m * m
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"a model config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        from lrnn.models.io import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
+def check_int(name: str, value: object, minimum: int) -> None:
+    """Raise a clear TypeError / ValueError unless ``value`` is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
     if value < minimum:

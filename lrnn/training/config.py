@@ -8,13 +8,13 @@ train / test length ranges of the published benchmarks.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lrnn.layers import MIXERS, RECURRENT_MIXERS
 from lrnn.models import ModelConfig
+from lrnn.models.config import JsonConfig, check_int
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ S4D_INIT_LABELS = {"legs": "LegS", "lin": "Lin", "inv": "Inv", "real": "Real", "
 
 
 @dataclass
-class RunConfig:
+class RunConfig(JsonConfig):
     """Everything that determines one training run (and, with the seed, its exact result).
 
     Model: ``mixer`` (a name in ``lrnn.layers.MIXERS``; "attention" is the Transformer baseline),
@@ -122,11 +122,11 @@ class RunConfig:
         for name in ("n_layers", "d_model", "heads", "n_h", "chunk_size", "steps", "batch_size",
                      "train_min", "train_max", "eval_min", "eval_max", "eval_bins", "eval_samples",
                      "eval_batch_size", "log_every"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("d_intermediate", "eval_every", "checkpoint_every", "seed", "eval_seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         if self.d_state is not None:
-            _check_int("d_state", self.d_state, 1)
+            check_int("d_state", self.d_state, 1)
         for name in ("lr", "min_lr", "weight_decay", "warmup_fraction", "grad_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -209,41 +209,10 @@ class RunConfig:
         return dataclasses.replace(self, train_min=p.train_min, train_max=p.train_max, eval_min=p.eval_min,
                                    eval_max=p.eval_max, eval_bins=p.eval_bins)
 
-    # ---- JSON ----------------------------------------------------------------------------------
+    # ---- JSON (from_dict / save / load come from JsonConfig) --------------------------------------
+    config_kind = "run config"
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"a run config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown run config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        from lrnn.models.io import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"run config not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lrnn.layers import MIXERS, RECURRENT_MIXERS
+from lrnn.models.config import JsonConfig
 from lrnn.training.config import PROTOCOLS, RunConfig
 from lrnn.training.trainer import RESULT_FILE
 
@@ -27,7 +28,7 @@ RANGES = {"[0,1]": False, "[-1,1]": True}
 
 
 @dataclass
-class SweepSpec:
+class SweepSpec(JsonConfig):
     """A grid of runs.
 
     Attributes:
@@ -65,15 +66,7 @@ class SweepSpec:
         for model in self.models:
             _parse_model(model)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
-        if not isinstance(data, dict):
-            raise TypeError(f"a sweep spec must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sweep spec key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    config_kind = "sweep spec"
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepSpec":
