@@ -73,7 +73,7 @@ def test_sweep_and_report(tmp_path, capsys):
     (["sweep", "--out", "x", "--spec", "/no/such.toml"], "sweep spec not found"),
     (["report", "/no/such/dir"], "results directory not found"),
     (["train", "--ssm-lr", "fast"], "expected a number or 'none'"),
-    (["demo", "--steps", "-1"], "positive integer"),
+    (["demo", "--steps", "-1"], "expected an integer >= 1"),
 ])
 def test_bad_arguments_give_one_line_errors(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -21,39 +21,28 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+_SUBCOMMANDS = {
+    "ops": "time and size the core operators (lrnn.ops)",
+    "decode": "cached decode and prefill speed of 130M-shaped models",
+    "hf": "CPU decode speed vs HF transformers' Mamba2 (same weights)",
+    "check": "fast paths vs the sequential reference on a device",
+    "tasks": "generation speed (tokens/s) of the sequence tasks",
+}
+"""Subcommand -> one-line help; each is the module ``lrnn.bench.<name>`` with ``add_arguments`` and
+``run_from_args(args, command, parser)``."""
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    from lrnn.bench import ops
+    import importlib
 
     parser = argparse.ArgumentParser(prog="python -m lrnn.bench", description="lrnn benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    ops_parser = commands.add_parser("ops", help="time and size the core operators (lrnn.ops)",
-                                     description=ops.DESCRIPTION)
-    ops.add_arguments(ops_parser)
-    ops_parser.set_defaults(handler=ops.run_from_args, parser=ops_parser)
-    from lrnn.bench import decode
-
-    decode_parser = commands.add_parser("decode", help="cached decode and prefill speed of 130M-shaped models",
-                                        description=decode.__doc__.split("\n\n")[0])
-    decode.add_arguments(decode_parser)
-    decode_parser.set_defaults(handler=decode.run_from_args, parser=decode_parser)
-    from lrnn.bench import hf
-
-    hf_parser = commands.add_parser("hf", help="CPU decode speed vs HF transformers' Mamba2 (same weights)",
-                                    description=hf.__doc__.split("\n\n")[0])
-    hf.add_arguments(hf_parser)
-    hf_parser.set_defaults(handler=hf.run_from_args, parser=hf_parser)
-    from lrnn.bench import check
-
-    check_parser = commands.add_parser("check", help="fast paths vs the sequential reference on a device",
-                                       description=check.__doc__.split("\n\n")[0])
-    check.add_arguments(check_parser)
-    check_parser.set_defaults(handler=check.run_from_args, parser=check_parser)
-    from lrnn.bench import tasks
-
-    tasks_parser = commands.add_parser("tasks", help="generation speed (tokens/s) of the sequence tasks",
-                                       description=tasks.__doc__.split("\n\n")[0])
-    tasks.add_arguments(tasks_parser)
-    tasks_parser.set_defaults(handler=tasks.run_from_args, parser=tasks_parser)
+    for name, help_text in _SUBCOMMANDS.items():
+        module = importlib.import_module(f"lrnn.bench.{name}")
+        description = getattr(module, "DESCRIPTION", None) or module.__doc__.split("\n\n")[0]
+        sub = commands.add_parser(name, help=help_text, description=description)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run_from_args, parser=sub)
     return parser
 
 
