@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from lrnn.atomic import atomic_write_text
 
 INITS = ("legs", "lin", "inv", "real", "ptd")
 PTD_VERSION = 1  # bump when the optimisation changes: old cache files are then ignored
@@ -241,15 +242,6 @@ def _write_cached(path: Path, result: PTDResult) -> None:
     data["eigenvalues_real"] = result.eigenvalues.real.tolist()
     data["eigenvalues_imag"] = result.eigenvalues.imag.tolist()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)  # readers see the old file or the whole new one
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(data))
     except OSError as err:  # a read-only home is no reason to fail: the result is still in memory
         _log.warning("could not write the PTD cache file %s (%s)", path, err)

@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrnn.models.io import atomic_write_text
+from lrnn.atomic import atomic_write, atomic_write_text
 
 MODEL_ORDER = ("Transformer", "LSTM", "S4D-LegS", "S4D-Lin", "S4D-Inv", "S4D-Real", "S4D-PTD", "Mamba", "Mamba-2",
                "DeltaNet", "Gated DeltaNet", "DeltaProduct")
@@ -145,16 +145,19 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
     ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(min(-0.25, lowest - 0.05), 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-    tmp.replace(path)  # atomic: readers never see half a PNG
-    return path
+    return Path(path)
 
 
 def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metric: str) -> Path:
@@ -176,16 +179,7 @@ def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metri
     ax.set(ylabel=metric, title=title, ylim=(min(-0.05, min(scores) - 0.1), 1.05))
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    tmp.replace(path)  # atomic: readers never see half a PNG
-    return path
+    return _save_png(fig, path)
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.models import LanguageModel
-from lrnn.models.io import _atomic_write, atomic_write_text
+from lrnn.atomic import atomic_write, atomic_write_text
 from lrnn.tasks import IGNORE_INDEX, Task, make_task
 from lrnn.training.config import RunConfig
 from lrnn.training.evaluation import Counts, count_correct, evaluate
@@ -238,7 +238,7 @@ def _save_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, opt
              "data_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    _atomic_write(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
+    atomic_write(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def _read_checkpoint(path: Path) -> dict:

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from lrnn.models.io import _atomic_write, atomic_write_text, save_weights
+from lrnn.atomic import atomic_write, atomic_write_text
+from lrnn.models.io import save_weights
 from lrnn.models.lm import LanguageModel
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -262,4 +263,4 @@ def write_safetensors(directory: Path, state: State) -> None:
 def write_pickle(directory: Path, state: State) -> None:
     """``pytorch_model.bin`` (a plain state_dict of tensors), atomically."""
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    _atomic_write(directory / PICKLE_NAME, lambda tmp: torch.save(tensors, tmp))
+    atomic_write(directory / PICKLE_NAME, lambda tmp: torch.save(tensors, tmp))

@@ -1,0 +1,41 @@
+"""Atomic file writes (write to a temporary file beside the target, fsync, then rename).
+
+Readers -- and a run interrupted mid-write -- see either the old file or the whole new one, never a
+truncated checkpoint, config, cache or plot. Lives at the package root so every layer (the S4D init
+cache in ``lrnn.layers`` as much as checkpoints in ``lrnn.models``) can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` to fill a temporary file, then rename it onto ``path``.
+
+    The parent folder is created if needed; the temporary file is removed if ``write`` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
