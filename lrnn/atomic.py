@@ -12,6 +12,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; a finished file gets the mode open() would give it.
+# The umask can only be read by setting it, so it is read once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` to fill a temporary file, then rename it onto ``path``.
@@ -24,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

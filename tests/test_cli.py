@@ -56,8 +56,10 @@ def test_sweep_and_report(tmp_path, capsys):
                  "--ranges", "both", "--workers", "2", "--quiet", *sets])
     assert code == 0
     assert (tmp_path / "sweep" / "report.md").is_file() and (tmp_path / "sweep" / "parity.png").is_file()
-    assert main(["report", str(tmp_path / "sweep" / "runs"), "--out", str(tmp_path / "rep")]) == 0
-    assert "| DeltaNet | [-1, 1] |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "sweep" / "runs"), "--out", str(tmp_path / "rep"),
+                 "--published", "table3"]) == 0
+    out = capsys.readouterr().out
+    assert "| DeltaNet | [-1, 1] |" in out and "| DeltaNet | [-1, 1] | DeltaNet [-1,1] |" in out
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "parity.png").is_file()
 
 

@@ -23,3 +23,13 @@ def test_demo_configs_follow_the_protocol():
 def test_ops_demo(capsys):
     assert run_ops_demo(length=300, seed=0, chunk_size=16) == 0
     assert "tracks parity exactly" in capsys.readouterr().out
+
+
+def test_cli_help_states_the_demo_budgets():
+    from lrnn.cli import DEMO_STEPS_HELP
+    from lrnn.demo import DEMO_SETTINGS
+    from lrnn.training import RunConfig
+
+    for mixer, (_, steps) in DEMO_SETTINGS.items():
+        label = RunConfig(mixer=mixer).model_label
+        assert f"{label} {steps}" in DEMO_STEPS_HELP, (mixer, steps)

@@ -35,16 +35,23 @@ def negative_range(log_decay: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
     Returns ``(log|2a - 1|, 2a - 1 < 0)``. Computed as ``log1p(2 expm1(x))`` on the positive side and
     ``log1p(-2 exp(x))`` on the negative side, so ``a = 1 - eps`` maps to ``1 - 2 eps`` and ``a = eps`` to
-    ``-(1 - 2 eps)`` without cancellation. This is the eigenvalue extension of
+    ``-(1 - 2 eps)`` without cancellation. ``a = 1/2`` maps to ``(-inf, False)`` (the decay 0) with a zero
+    gradient, so training never meets ``0 * inf`` there. This is the eigenvalue extension of
     arXiv 2411.12537 for diagonal transitions.
     """
     twice_expm1 = 2.0 * torch.expm1(log_decay)  # (2a - 1) - 1, exact near a = 1
     twice_a = 2.0 * torch.exp(log_decay)  # 1 - (2a - 1) = 1 - |2a - 1| on the negative side, exact near a = 0
     positive = twice_expm1 > -1.0
+    # 2a - 1 == 0 (a = 1/2 to within rounding; exp and expm1 may round apart, so twice_a can exceed 1):
+    # log|2a - 1| = -inf with gradient 0 there, instead of log1p(-1) whose backward is 0 * inf = NaN. It
+    # is not rare: a Mamba layer draws ~1e7 decays per step and some land on 1/2 exactly in float32.
+    zero = ~positive & (twice_a >= 1.0)
+    negative = ~positive & ~zero
     # Each branch is fed a harmless value where it is not used, so where() has clean gradients.
     log_pos = torch.log1p(torch.where(positive, twice_expm1, torch.zeros_like(twice_expm1)))
-    log_neg = torch.log1p(-torch.where(positive, torch.zeros_like(twice_a), twice_a))
-    return torch.where(positive, log_pos, log_neg), ~positive
+    log_neg = torch.log1p(-torch.where(negative, twice_a, torch.zeros_like(twice_a)))
+    minus_inf = torch.full_like(log_neg, float("-inf"))
+    return torch.where(positive, log_pos, torch.where(zero, minus_inf, log_neg)), negative
 
 
 def signs(decay_negative: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

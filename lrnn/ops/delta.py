@@ -122,15 +122,18 @@ def _recurrent(q, k, v, beta, g, s, state, n_h):
     if state is None:
         state = q.new_zeros(b, h, dk, v.shape[-1])
     a = None if g is None else (torch.exp(g) if s is None else torch.exp(g) * s)
+    # unbind, not x[:, i]: indexing backward writes a full-size zero tensor per step (O(T^2) traffic).
+    a_t = [None] * t if a is None else a.unbind(1)
+    k_t, v_t, beta_t, q_t = k.unbind(1), v.unbind(1), beta.unbind(1), q.unbind(1)
     outs = []
     for i in range(t):
-        if a is not None:
-            state = a[:, i, :, None, None] * state
+        if a_t[i] is not None:
+            state = a_t[i][:, :, None, None] * state
         for j in range(i * n_h, (i + 1) * n_h):
-            kj, bj = k[:, j], beta[:, j, :, None]
-            residual = v[:, j] - torch.einsum("bhk,bhkv->bhv", kj, state)  # v - H^T k
+            kj, bj = k_t[j], beta_t[j][:, :, None]
+            residual = v_t[j] - torch.einsum("bhk,bhkv->bhv", kj, state)  # v - H^T k
             state = state + kj[..., :, None] * (bj * residual)[..., None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
+        outs.append(torch.einsum("bhk,bhkv->bhv", q_t[i], state))
     return torch.stack(outs, dim=1), state
 
 

@@ -105,9 +105,10 @@ def _recurrent(q, k, v, g, s, state):
     a = torch.exp(g) if s is None else torch.exp(g) * s
     a = a.unsqueeze(-1) if a.ndim == 4 else a[..., None, None]  # [B,T,H,K,1] or [B,T,H,1,1]
     outs = []
-    for i in range(t):
-        state = a[:, i] * state + k[:, i, :, :, None] * v[:, i, :, None, :]
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
+    # unbind, not x[:, i]: indexing backward writes a full-size zero tensor per step (O(T^2) traffic).
+    for a_i, q_i, k_i, v_i in zip(a.unbind(1), q.unbind(1), k.unbind(1), v.unbind(1)):
+        state = a_i * state + k_i[..., :, None] * v_i[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q_i, state))
     return torch.stack(outs, dim=1), state
 
 

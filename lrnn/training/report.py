@@ -25,6 +25,26 @@ TASK_ORDER = ("parity", "arithmetic", "arithmetic_brackets", "even_pairs", "pari
               "listops", "sequential_digits", "selective_copy", "associative_recall")
 
 
+PUBLISHED = {
+    "table3": {
+        "source": "Table 3 of arXiv 2411.12537 (best of 3 seeds; width 128, batch 1024, 100k steps, "
+                  "4 learning rates)",
+        # (model label, range) -> (the paper's row name, {task: scaled accuracy})
+        "rows": {
+            ("Transformer", "-"): ("Transformer", {"parity": 0.022, "arithmetic": 0.031, "arithmetic_brackets": 0.067}),
+            ("LSTM", "-"): ("sLSTM", {"parity": 1.000, "arithmetic": 0.787, "arithmetic_brackets": 0.178}),
+            ("Mamba", "[0, 1]"): ("Mamba [0,1]", {"parity": 0.000, "arithmetic": 0.095, "arithmetic_brackets": 0.123}),
+            ("Mamba", "[-1, 1]"): ("Mamba [-1,1]", {"parity": 1.000, "arithmetic": 0.241, "arithmetic_brackets": 0.116}),
+            ("DeltaNet", "[0, 1]"): ("DeltaNet [0,1]", {"parity": 0.017, "arithmetic": 0.314,
+                                                        "arithmetic_brackets": 0.194}),
+            ("DeltaNet", "[-1, 1]"): ("DeltaNet [-1,1]", {"parity": 1.000, "arithmetic": 0.971,
+                                                          "arithmetic_brackets": 0.260}),
+        },
+    },
+}
+"""Published scores to set beside ours (``lrnn report --published NAME``); values from the papers."""
+
+
 @dataclass
 class Cell:
     """Statistics of one (task, model, range) cell over its runs."""
@@ -96,6 +116,27 @@ def markdown_table(cells: list[Cell]) -> str:
             c = index.get((task, model, rng))
             entries.append("" if c is None else f"**{c.best:.3f}** ({c.median:.3f} ± {c.mad:.3f}, n={c.runs})")
         lines.append(f"| {model} | {rng} | " + " | ".join(entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def published_table(cells: list[Cell], name: str) -> str:
+    """Our best score beside the published one for every (model, range) row the publication has."""
+    if name not in PUBLISHED:
+        raise ValueError(f"published must be one of {sorted(PUBLISHED)}, got {name!r}")
+    rows = PUBLISHED[name]["rows"]
+    index = {(c.task, c.model, c.range): c for c in cells}
+    tasks = sorted({t for _, scores in rows.values() for t in scores} & {c.task for c in cells},
+                   key=lambda t: _order(TASK_ORDER, t))
+    if not tasks:
+        return f"No finished runs on the tasks of {name}.\n"
+    lines = ["| model | range | published row | " + " | ".join(f"{t}: ours / published" for t in tasks) + " |",
+             "|---|---|---|" + "---|" * len(tasks)]
+    for (model, rng), (paper_row, scores) in rows.items():
+        entries = []
+        for task in tasks:
+            ours = index.get((task, model, rng))
+            entries.append(f"{'-' if ours is None else f'{ours.best:.3f}'} / {scores[task]:.3f}")
+        lines.append(f"| {model} | {rng} | {paper_row} | " + " | ".join(entries) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,14 +224,16 @@ def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metri
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 title: str = "State-tracking results") -> dict[str, Path]:
+                 title: str = "State-tracking results", published: str | None = None) -> dict[str, Path]:
     """Write ``report.md`` (headed ``# title``), ``summary.json`` and one ``<task>.png`` per task into ``out_dir``.
 
-    ``out_dir`` defaults to ``results_dir``. Returns the written paths by name ("report", "summary",
-    and each task name).
+    ``out_dir`` defaults to ``results_dir``. ``published``: a key of ``PUBLISHED`` whose scores are
+    tabled beside ours. Returns the written paths by name ("report", "summary", and each task name).
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"title must be a non-empty string, got {title!r}")
+    if published is not None and published not in PUBLISHED:
+        raise ValueError(f"published must be one of {sorted(PUBLISHED)}, got {published!r}")
     results = collect_results(results_dir)
     if not results:
         raise ValueError(f"no finished runs (result.json with finished = true) under {results_dir}")
@@ -204,6 +247,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             "seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). Score: "
             "scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for tasks "
             "with a target at every token).", "", markdown_table(cells)]
+    if published is not None:
+        text += [f"Beside the published numbers: {PUBLISHED[published]['source']}.", "",
+                 published_table(cells, published)]
     for task in sorted(written, key=lambda t: _order(TASK_ORDER, t)):
         text.append(f"![{task}]({written[task].name})")
     written["report"] = out / "report.md"

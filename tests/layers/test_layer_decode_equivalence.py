@@ -99,3 +99,23 @@ def test_variant_table_covers_every_mixer():
     from lrnn.layers import MIXERS
 
     assert {name for name, _ in MIXER_VARIANTS.values()} == set(MIXERS)
+
+
+def test_mamba_scans_step_by_step_on_cpu_by_default(monkeypatch):
+    """Mamba (one value channel per head) defaults to the recurrent scan on CPU, where it is the faster
+    one; an explicit mode is passed through. (Both modes agree: the chunk-vs-recurrent test above.)"""
+    import lrnn.layers.mamba as mamba_module
+
+    modes = []
+    real = mamba_module.decay_recurrence
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs["mode"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "decay_recurrence", spy)
+    x = random_hidden(2, 11, F32)
+    layer = mamba_module.Mamba(x.shape[-1], d_state=4, negative_eigenvalues=True)
+    layer(x)
+    layer(x, mode="chunk")
+    assert modes == ["recurrent", "chunk"]

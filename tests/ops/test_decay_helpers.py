@@ -77,6 +77,47 @@ def test_negative_range_gradient():
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_negative_range_is_finite_around_one_half(dtype):
+    """Every float next to x = log(1/2) (where exp and expm1 may round to opposite sides of 1/2) gives a
+    valid decay and a finite gradient; 2a - 1 == 0 decodes to the decay 0 with gradient 0. A NaN here
+    killed Mamba [-1, 1] training (log1p(-1) has an infinite derivative)."""
+    x = torch.tensor([math.log(0.5)], dtype=dtype)
+    around = [x]
+    for direction in (-1.0, 1.0):
+        y = x
+        for _ in range(64):
+            y = torch.nextafter(y, torch.tensor([direction], dtype=dtype))
+            around.append(y)
+    x = torch.cat(around).requires_grad_(True)
+    log_abs, negative = negative_range(x)
+    assert bool((log_abs <= 0).all()) and not bool(torch.isnan(log_abs).any())
+    assert bool(negative[log_abs == -math.inf].logical_not().all()), "the decay 0 is not negative"
+    (grad,) = torch.autograd.grad(log_abs.sum(), x)
+    assert bool(torch.isfinite(grad).all())
+    assert bool((grad[log_abs == -math.inf] == 0).all())
+
+
+def test_negative_range_exact_zero_gradients_through_the_ops():
+    """Decays hitting 2a - 1 = 0 exactly inside a chunked scan: gradients of every input are finite and
+    equal the sequential reference's."""
+    args = decay_recurrence_inputs(T=37, seed=8)
+    x = torch.log(uniform(args["log_decay"].shape, 0.0, 1.0, generator(9)))
+    x[0, 3:9] = math.log(0.5)
+    grads = {}
+    for mode in ("chunk", "recurrent"):
+        leaves = {n: t.clone().requires_grad_(True) for n, t in args.items() if n in ("q", "k", "v")}
+        x_leaf = x.clone().requires_grad_(True)
+        log_abs, negative = negative_range(x_leaf)
+        o, _ = decay_recurrence(**(args | leaves | {"log_decay": log_abs, "decay_negative": negative}),
+                                mode=mode, chunk_size=16)
+        (o * torch.cos(o)).sum().backward()
+        grads[mode] = [x_leaf.grad] + [leaves[n].grad for n in ("q", "k", "v")]
+        assert all(bool(torch.isfinite(g).all()) for g in grads[mode]), mode
+    for g_chunk, g_seq in zip(grads["chunk"], grads["recurrent"]):
+        assert_close(g_chunk, g_seq, 1e-10, "gradient")
+
+
 def test_negative_range_feeds_the_ops():
     """The helper's output is a valid decay pair: decay_recurrence with negative_range(x) equals the run with
     decays 2 e^x - 1 given directly."""

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import tiny_config
 from lrnn.training import train
-from lrnn.training.report import cell_statistics, collect_results, markdown_table, median_mad, write_report
+from lrnn.training.report import (PUBLISHED, cell_statistics, collect_results, markdown_table, median_mad,
+                                   published_table, write_report)
 from lrnn.training.sweep import SweepSpec, run_sweep
 
 TINY = dict(n_layers=1, d_model=8, heads=2, steps=3, batch_size=4, train_min=3, train_max=8, eval_min=8,
@@ -134,3 +135,24 @@ def test_report_of_single_bin_tasks_draws_bars_and_takes_a_title(tmp_path):
     assert written["parity"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="title"):
         write_report(tmp_path / "runs", tmp_path / "out", title=" ")
+
+
+def test_published_table_sets_our_best_beside_the_paper(tmp_path):
+    train(tiny_config(steps=2), tmp_path / "runs" / "a", quiet=True)  # DeltaNet [-1, 1] on parity
+    cells = cell_statistics(collect_results(tmp_path / "runs"))
+    ours = cells[0].best
+    table = published_table(cells, "table3")
+    assert table.splitlines()[0] == "| model | range | published row | parity: ours / published |"
+    assert f"| DeltaNet | [-1, 1] | DeltaNet [-1,1] | {ours:.3f} / 1.000 |" in table
+    assert "| Mamba | [0, 1] | Mamba [0,1] | - / 0.000 |" in table  # a published row we did not run
+    written = write_report(tmp_path / "runs", tmp_path / "out", published="table3")
+    text = written["report"].read_text()
+    assert "Table 3 of arXiv 2411.12537" in text and "parity: ours / published" in text
+    with pytest.raises(ValueError, match="published must be one of"):
+        write_report(tmp_path / "runs", tmp_path / "out", published="table9")
+
+
+def test_the_cli_lists_every_published_table():
+    from lrnn.cli import PUBLISHED_NAMES
+
+    assert sorted(PUBLISHED_NAMES) == sorted(PUBLISHED)
