@@ -193,7 +193,7 @@ class Mamba(nn.Module):
         if mode is None:
             # One value channel per (channel, state) head: the chunked form does ~chunk_size times the
             # work of the step-by-step scan, which pays off only on parallel hardware. On CPU the scan
-            # measured 4-14x faster (fwd + bwd, widths 16-64, lengths 40-256; docs/benchmarks.md).
+            # measured 37x faster fwd + bwd at a width-64 training shape (docs/benchmarks.md).
             mode = "recurrent" if hidden.device.type == "cpu" else recurrent_mode(hidden, state, "ssm")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = self.conv1d(_masked(x, mask), state, "conv", mode)

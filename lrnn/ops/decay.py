@@ -50,8 +50,7 @@ def negative_range(log_decay: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     # Each branch is fed a harmless value where it is not used, so where() has clean gradients.
     log_pos = torch.log1p(torch.where(positive, twice_expm1, torch.zeros_like(twice_expm1)))
     log_neg = torch.log1p(-torch.where(negative, twice_a, torch.zeros_like(twice_a)))
-    minus_inf = torch.full_like(log_neg, float("-inf"))
-    return torch.where(positive, log_pos, torch.where(zero, minus_inf, log_neg)), negative
+    return torch.where(positive, log_pos, torch.where(zero, float("-inf"), log_neg)), negative
 
 
 def signs(decay_negative: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

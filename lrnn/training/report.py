@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +103,8 @@ def cell_statistics(results: list[dict]) -> list[Cell]:
     return sorted(cells, key=lambda c: (_order(TASK_ORDER, c.task), _model_key(c.model), _order(RANGE_ORDER, c.range)))
 
 
-def markdown_table(cells: list[Cell]) -> str:
-    """Rows model x range, columns tasks; each entry "best (median ± MAD)" of the score."""
+def markdown_table(cells: list[Cell], entry: Callable[[Cell], str] | None = None) -> str:
+    """Rows model x range, columns tasks; each entry ``entry(cell)``, by default "best (median ± MAD)"."""
     if not cells:
         return "No finished runs.\n"
     tasks = sorted({c.task for c in cells}, key=lambda t: _order(TASK_ORDER, t))
@@ -114,7 +115,10 @@ def markdown_table(cells: list[Cell]) -> str:
         entries = []
         for task in tasks:
             c = index.get((task, model, rng))
-            entries.append("" if c is None else f"**{c.best:.3f}** ({c.median:.3f} ± {c.mad:.3f}, n={c.runs})")
+            if c is None:
+                entries.append("")
+            else:
+                entries.append(entry(c) if entry else f"**{c.best:.3f}** ({c.median:.3f} ± {c.mad:.3f}, n={c.runs})")
         lines.append(f"| {model} | {rng} | " + " | ".join(entries) + " |")
     return "\n".join(lines) + "\n"
 
@@ -232,13 +236,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"title must be a non-empty string, got {title!r}")
-    if published is not None and published not in PUBLISHED:
-        raise ValueError(f"published must be one of {sorted(PUBLISHED)}, got {published!r}")
     results = collect_results(results_dir)
     if not results:
         raise ValueError(f"no finished runs (result.json with finished = true) under {results_dir}")
     out = Path(results_dir if out_dir is None else out_dir)
     cells = cell_statistics(results)
+    # Built before any file is written: published_table also rejects an unknown name.
+    comparison = None if published is None else published_table(cells, published)
     written: dict[str, Path] = {}
     for task in sorted({c.task for c in cells}):
         written[task] = plot_lengths(cells, task, out / f"{task}.png")
@@ -247,9 +251,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             "seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). Score: "
             "scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for tasks "
             "with a target at every token).", "", markdown_table(cells)]
-    if published is not None:
-        text += [f"Beside the published numbers: {PUBLISHED[published]['source']}.", "",
-                 published_table(cells, published)]
+    if comparison is not None:
+        text += [f"Beside the published numbers: {PUBLISHED[published]['source']}.", "", comparison]
     for task in sorted(written, key=lambda t: _order(TASK_ORDER, t)):
         text.append(f"![{task}]({written[task].name})")
     written["report"] = out / "report.md"

@@ -86,6 +86,9 @@ def test_cell_statistics_by_hand():
     table = markdown_table(cells)
     assert "| DeltaNet | [-1, 1] | **1.000** (0.900 ± 0.100, n=6) |" in table
     assert table.splitlines()[0] == "| model | range | parity |"
+    custom = markdown_table(cells, entry=lambda c: f"{c.runs} runs, best lr {c.best_lr:g}")
+    assert custom.splitlines()[:2] == table.splitlines()[:2]
+    assert "| DeltaNet | [-1, 1] | 6 runs, best lr " in custom
 
 
 def test_report_from_a_run_directory(tmp_path):

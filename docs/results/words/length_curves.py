@@ -16,7 +16,7 @@ import torch
 
 from lrnn.atomic import atomic_write_text
 from lrnn.training import evaluate, load_run
-from lrnn.training.report import plot_curves
+from lrnn.training.report import collect_results, plot_curves
 from lrnn.training.trainer import make_eval_task
 
 if len(sys.argv) < 3:
@@ -24,10 +24,8 @@ if len(sys.argv) < 3:
 out, run_dirs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 torch.set_num_threads(2)
 curves = defaultdict(list)
-for result_path in sorted(p for runs in run_dirs for p in runs.rglob("result.json")):
-    if not json.loads(result_path.read_text()).get("finished"):
-        continue
-    config, model = load_run(result_path.parent)
+for run in (r for runs in run_dirs for r in collect_results(runs)):
+    config, model = load_run(run["path"])
     result = evaluate(model, make_eval_task(config), 16, 512, 8, 128, seed=1234)
     label = f"{config.model_label} {config.eigenvalue_range}, {config.steps} steps"
     curves[config.task].append((label, not config.negative_eigenvalues, result["bins"]))
