@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) -m lrnn.bench ops
+	$(PY) -m lrnn bench ops
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -17,6 +17,8 @@ from pathlib import Path
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+TEMPORARY_SUFFIX = ".tmp"
+"""A temporary file of ``atomic_write`` is named ``.<target name>.<random>.tmp``, beside its target."""
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -26,7 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -46,3 +48,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
     atomic_write(path, write)
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like a temporary file of ``atomic_write`` (``.<name>.<random>.tmp``)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted ``atomic_write`` calls left in ``directory`` (a process
+    killed between mkstemp and the rename cannot remove its own); returns the paths removed.
+
+    Call it only while no other process writes into ``directory``: its temporary files would go too.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    orphans = sorted(p for p in directory.iterdir() if is_temporary(p) and p.is_file())
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.ops import decay_recurrence, delta_rule
+from lrnn.validation import check_positive
 
 if TYPE_CHECKING:  # the training layer is imported lazily: the ops demo does not need it
     from lrnn.training import RunConfig
@@ -158,14 +159,15 @@ def parity_demo_config(mixer: str, negative: bool, steps: int | None = None, see
 
 
 def run_parity_demo(steps: int | None = None, seed: int = 0, plot: str | None = "runs/demo/parity.png",
-                    models: tuple[str, ...] = DEMO_MODELS, workers: int | None = None) -> int:
+                    models: tuple[str, ...] = DEMO_MODELS, workers: int | None = None, threads: int = 1) -> int:
     """Train each model of ``models`` with both eigenvalue ranges on parity, print the length table, plot it.
 
-    The runs go to ``workers`` spawned processes with one torch thread each (default: up to 2, the CPU
-    count permitting): tiny models scale better across processes than across threads. ``steps``
-    overrides every model's step budget. Prints which [-1, 1] models reach scaled accuracy >= 0.95 in
-    every test bin (40-256) and which [0, 1] models stay near chance. Returns 0 (the demo ran); the
-    verdict is in the output, since whether a model learns parity in a short budget is the finding.
+    The runs go to ``workers`` spawned processes with ``threads`` torch threads each (default: up to 2
+    workers, the CPU count permitting, of one thread): tiny models scale better across processes than
+    across threads. ``steps`` overrides every model's step budget. Prints which [-1, 1] models reach
+    scaled accuracy >= 0.95 in every test bin (40-256) and which [0, 1] models stay near chance. Returns
+    0 (the demo ran); the verdict is in the output, since whether a model learns parity in a short
+    budget is the finding.
     """
     import multiprocessing
     import os
@@ -174,8 +176,7 @@ def run_parity_demo(steps: int | None = None, seed: int = 0, plot: str | None = 
     from lrnn.training.report import plot_curves
 
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    check_positive(workers=workers, threads=threads)
     configs = [parity_demo_config(m, negative, steps, seed) for m in models for negative in (False, True)]
     print(f"Parity: train on lengths 3-40, test on 40-256 (scaled accuracy: 0 = chance, 1 = perfect); "
           f"{len(configs)} runs on {workers} worker process(es).", flush=True)
@@ -184,7 +185,8 @@ def run_parity_demo(steps: int | None = None, seed: int = 0, plot: str | None = 
     # Longest runs first so the workers finish together.
     order = sorted(range(len(configs)), key=lambda i: -_expected_cost(configs[i]))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
         futures = {pool.submit(_train_quietly, configs[i].to_dict()): i for i in order}
         for future in as_completed(futures):
             i = futures[future]
@@ -213,10 +215,6 @@ def run_parity_demo(steps: int | None = None, seed: int = 0, plot: str | None = 
                        f"is above chance on average ({overall:.3f})")
         print(f"  {name:<20} {verdict}")
     return 0
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def _train_quietly(config: dict) -> dict:

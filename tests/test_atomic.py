@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from lrnn.atomic import FILE_MODE, atomic_write, atomic_write_text
+from lrnn.atomic import FILE_MODE, atomic_write, atomic_write_text, is_temporary, remove_temporaries
 
 
 def test_writes_and_replaces_with_the_mode_open_would_give(tmp_path):
@@ -35,3 +35,22 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         atomic_write(path, failing)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_remove_temporaries_deletes_only_what_interrupted_writes_leave(tmp_path):
+    names = []
+
+    def write(tmp: str) -> None:
+        names.append(os.path.basename(tmp))
+        with open(tmp, "w") as f:
+            f.write("whole")
+
+    atomic_write(tmp_path / "checkpoint.pt", write)
+    orphan = tmp_path / names[0]  # what a process killed before the rename leaves under that name
+    orphan.write_text("partial")
+    for keep in (".hidden", "notes.tmp"):
+        (tmp_path / keep).write_text("mine")
+    assert is_temporary(orphan) and not is_temporary(tmp_path / "notes.tmp")
+    assert remove_temporaries(tmp_path) == [orphan]
+    assert sorted(os.listdir(tmp_path)) == [".hidden", "checkpoint.pt", "notes.tmp"]
+    assert remove_temporaries(tmp_path / "missing") == []

@@ -1,4 +1,4 @@
-"""``python -m lrnn.bench SUBCOMMAND [options]``; see ``lrnn.bench`` for the subcommands."""
+"""``python -m lrnn.bench SUBCOMMAND [options]``: an alias of ``lrnn bench``; see ``lrnn.bench``."""
 
 import sys
 

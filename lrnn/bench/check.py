@@ -1,4 +1,4 @@
-"""Fast path vs sequential reference on any device: ``python -m lrnn.bench check --device cuda``.
+"""Fast path vs sequential reference on any device: ``lrnn bench check --device cuda``.
 
 The unit tests run on the CPU. This command repeats their core checks where the tests cannot go (a GPU,
 another thread count, a compiled model): for every op and option it compares ``mode="chunk"`` with
@@ -110,16 +110,13 @@ def check_ops(device: torch.device, lengths: list[int], long_length: int, report
 
 
 def check_models(device: torch.device, compile_too: bool, report: Callable[[str, float, float], None]) -> None:
-    from lrnn.layers import MIXERS, RECURRENT_MIXERS
+    from lrnn.layers import MIXERS
     from lrnn.models import LanguageModel, ModelConfig
 
-    tiny = {"mamba": {"d_state": 4, "chunk_size": 8}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
-            "deltanet": {"num_heads": 2, "chunk_size": 8}, "gated_deltanet": {"num_heads": 2, "chunk_size": 8},
-            "deltaproduct": {"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
-            "attention": {"num_heads": 2}, "lstm": {}, "s4d": {"d_state": 8}}
+    tiny = {name: dict(spec.small) for name, spec in MIXERS.items()}  # every registered mixer, small
     ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(0)).to(device)
-    for name in sorted(n for n in MIXERS if n in tiny):
-        for negative in ((False, True) if name in RECURRENT_MIXERS else (False,)):
+    for name in sorted(MIXERS):
+        for negative in ((False, True) if MIXERS[name].eigenvalue_switch else (False,)):
             torch.manual_seed(0)
             config = ModelConfig(vocab_size=40, d_model=16, n_layers=2, mixer=name, d_intermediate=32,
                                  negative_eigenvalues=negative, mixer_kwargs=tiny)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lrnn.atomic import atomic_write_text
 from lrnn.bench.timing import synchronize
 from lrnn.models import LanguageModel, ModelConfig
 
@@ -39,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt lengths to prefill before decoding (default 128 4096)")
     parser.add_argument("--new-tokens", type=int, default=32, help="timed decode steps (default 32)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's setting, one per core); on a machine "
+                             "whose cores are busy, more threads than free cores stall the ops")
     parser.add_argument("--negative-eigenvalues", action="store_true", help="use the [-1, 1] range")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -82,6 +86,10 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
             parser.error(f"{name} must be >= 1, got {value}")
     if any(c < 1 for c in args.contexts):
         parser.error(f"--contexts must be >= 1, got {args.contexts}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"# {command}\n# device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"float32, batch {args.batch}, {args.new_tokens} timed steps, "
@@ -111,6 +119,5 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
             print(f"\n{name}: per-token time at context {hi} / at context {lo} = {per[hi] / per[lo]:.2f} "
                   "(flat: ~1.0)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     return 0

@@ -54,7 +54,7 @@ def hf_twin(model: LanguageModel):
     import transformers
 
     config = hf_format.from_lrnn_config(model)
-    for key in ("architectures", "model_type"):
+    for key in ("architectures", "model_type", "chunk_size"):  # HF keeps its own default chunk length (256)
         config.pop(key)
     hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**config))
     missing, unexpected = hf.load_state_dict(peer_state(model, hf_format.KEYMAP), strict=False)

@@ -2,8 +2,11 @@
 
 For every case (an op at a shape, see ``lrnn.bench.cases``) and mode (``chunk``, ``recurrent``) it times
 the forward pass and forward+backward, converts the times to GFLOP/s with the chunked-algorithm FLOP
-count, and sets them beside the dense matmul rate measured in the same run. Forward+backward runs are
-checked against a memory budget first and skipped, not crashed, when they would not fit. Then, for the
+count, and sets them beside the dense matmul rate measured in the same run. A small matmul probe is
+timed before and after every measurement: when it ran far slower than its best in the run, or the
+measurement's repeats spread widely, the row is flagged as disturbed (machine load or thread
+contention), since its rate then says more about the neighbours than about the op. Forward+backward
+runs are checked against a memory budget first and skipped, not crashed, when they would not fit. Then, for the
 chunk mode, it measures the peak memory of forward+backward at several sequence lengths, one fresh
 process per length, to show that memory grows linearly in T.
 
@@ -26,12 +29,16 @@ from typing import Any
 
 import torch
 
+from lrnn.atomic import atomic_write_text
+from lrnn.device import resolve_device
+from lrnn.ops import compute_dtype
 from lrnn.bench import report as report_mod
 from lrnn.bench.cases import (BACKWARD_FLOP_FACTOR, FLOP_DEFINITIONS, Case, as_leaves, default_cases,
                               forward_backward, grad_output, quick_cases, select_cases)
 from lrnn.bench.memory import (ESTIMATE_MARGIN, GB, MemoryModel, ScalingPoint, fit_memory_model,
                                measure_scaling, scaling_exponent)
-from lrnn.bench.timing import MatmulReference, Timing, measure_matmul, release_memory, time_calls
+from lrnn.bench.timing import (DISTURBED, MAX_PROBE_SLOWDOWN, MAX_REPEAT_SPREAD, MatmulReference, Timing,
+                               disturbance, measure_matmul, release_memory, time_calls)
 
 __all__ = ["add_arguments", "run", "main", "Settings", "machine_info"]
 
@@ -43,6 +50,16 @@ DESCRIPTION = "Speed (GFLOP/s beside the measured matmul rate) and memory of the
 
 #: The issue's target: chunked delta rule forward >= 30% of the measured matmul rate.
 TARGET = {"case": "delta", "mode": "chunk", "pass": "fwd", "threshold": 0.30}
+
+#: The matmul probe timed beside every measurement: side (at most --matmul-size) and timed repeats.
+PROBE_SIZE = 1024
+PROBE_REPEATS = 3
+
+THREADS_HELP = ("torch intra-op threads for every timing, the matmul reference included (default: 1 on the "
+                "CPU, torch's setting on CUDA). One by default because with more threads than free cores (a "
+                "shared or busy machine) the chunked ops' many short parallel regions each wait for a "
+                "descheduled thread: 10-25x stalls were measured with 2 threads on a loaded 2-core machine. "
+                "Raise it on an idle machine to measure multi-core speed")
 
 Log = Callable[[str], None]
 
@@ -67,6 +84,7 @@ def _shape_override(text: str) -> tuple[str, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``ops`` options on ``parser``."""
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="input dtype (default: float32)")
     parser.add_argument("--ops", nargs="+", metavar="NAME",
                         help="op names (delta_rule, decay_recurrence, short_conv) or case names (delta, "
@@ -105,6 +123,7 @@ class Settings:
 
     device: torch.device
     dtype: torch.dtype
+    threads: int
     cases: list[Case]
     modes: list[str]
     chunk_size: int
@@ -117,22 +136,21 @@ class Settings:
     matmul_size: int
     matmul_repeats: int
 
+    @property
+    def probe_size(self) -> int:
+        return min(PROBE_SIZE, self.matmul_size)
+
     def repeats_for(self, mode: str) -> int:
         return self.recurrent_repeats if mode == "recurrent" else self.repeats
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "threads": self.threads, "probe_size": self.probe_size, "probe_repeats": PROBE_REPEATS,
+                "max_probe_slowdown": MAX_PROBE_SLOWDOWN, "max_repeat_spread": MAX_REPEAT_SPREAD,
                 "modes": self.modes, "chunk_size": self.chunk_size, "warmup": self.warmup,
                 "repeats": self.repeats, "recurrent_repeats": self.recurrent_repeats,
                 "time_budget_s": self.time_budget_s, "max_memory_gb": self.max_memory_gb,
                 "memory_lengths": self.memory_lengths}
-
-
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
-    return device
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -141,7 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.shapes:
         overrides = dict(args.shapes)
         cases = [case.with_shape(**overrides) for case in cases]
-    positive = {"--chunk-size": args.chunk_size, "--repeats": args.repeats,
+    positive = {"--threads": args.threads, "--chunk-size": args.chunk_size, "--repeats": args.repeats,
                 "--recurrent-repeats": args.recurrent_repeats, "--matmul-size": args.matmul_size}
     for flag, value in positive.items():
         if value is not None and value < 1:
@@ -149,9 +167,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     lengths = args.memory_lengths or ([32, 64] if args.quick else [512, 1024, 2048, 4096])
+    device = resolve_device(args.device)
     return Settings(
-        device=_resolve_device(args.device),
+        device=device,
         dtype=getattr(torch, args.dtype),
+        threads=args.threads or (1 if device.type == "cpu" else torch.get_num_threads()),
         cases=cases,
         modes=[mode for mode in MODES if mode in args.modes],
         chunk_size=args.chunk_size or (16 if args.quick else 64),
@@ -220,11 +240,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The ops compute in float32 (float64 stays float64): the matmul reference uses the same."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ----------------------------------------------------------------------------------------------------
 # One measurement
 
@@ -253,7 +268,8 @@ def _result(case: Case, mode: str, pass_: str, flops: int, timing: Timing | None
                            "shape_label": case.shape_label(), "mode": mode, "pass": pass_, "flops": flops,
                            "skipped": skipped, "times_s": [], "median_s": None, "gflops": None,
                            "fraction_of_matmul": None, "estimated_peak_bytes": None,
-                           "budget_bytes": None, "measured_peak_bytes": None}
+                           "budget_bytes": None, "measured_peak_bytes": None, "probe_gflops": None,
+                           "disturbed": None}
     if estimate is not None:
         row["estimated_peak_bytes"] = estimate.at(case.tokens).peak_above_inputs
         row["budget_bytes"] = estimate.budget_bytes(case.tokens)
@@ -276,17 +292,51 @@ def _describe(row: dict[str, Any]) -> str:
     if row["skipped"]:
         return f"{label}: {row['skipped']}"
     return (f"{label}: {report_mod.format_seconds(row['median_s'])} (median of {len(row['times_s'])}), "
-            f"{row['gflops']:.1f} GFLOP/s = {100 * row['fraction_of_matmul']:.1f}% of matmul")
+            f"{row['gflops']:.1f} GFLOP/s = {100 * row['fraction_of_matmul']:.1f}% of matmul"
+            + (f"; {row['disturbed']}" if row["disturbed"] else ""))
+
+
+class MatmulProbe:
+    """The small matmul timed before and after every measurement (median GFLOP/s of PROBE_REPEATS calls).
+
+    It remembers the best rate seen, the yardstick ``lrnn.bench.timing.disturbance`` compares against.
+    """
+
+    def __init__(self, s: Settings) -> None:
+        self.settings, self.best = s, 0.0
+
+    def __call__(self) -> float:
+        s = self.settings
+        rate = measure_matmul(s.device, compute_dtype(s.dtype), s.probe_size, PROBE_REPEATS).median_gflops
+        self.best = max(self.best, rate)
+        return rate
+
+
+def _check_disturbance(row: dict[str, Any], best_probe: float) -> None:
+    """Set ``row["disturbed"]`` from its repeats and the probes beside it (timed rows only)."""
+    if row["probe_gflops"] is not None:
+        row["disturbed"] = disturbance(row["times_s"], *row["probe_gflops"], best_probe)
+
+
+def _probe_after(row: dict[str, Any], before: float, probe: MatmulProbe) -> float:
+    """Probe after ``row``'s timing, record both probe rates and the verdict; the probe is the next ``before``."""
+    after = probe()
+    row["probe_gflops"] = [before, after]
+    _check_disturbance(row, probe.best)
+    return after
 
 
 def bench_case(case: Case, s: Settings, matmul_gflops: float, models: dict[tuple[str, str], MemoryModel],
-               log: Log = _log) -> list[dict[str, Any]]:
-    """Forward and forward+backward of ``case`` in every selected mode (fills ``models`` per mode)."""
+               probe: MatmulProbe, log: Log = _log) -> list[dict[str, Any]]:
+    """Forward and forward+backward of ``case`` in every selected mode (fills ``models`` per mode), each
+    timing between two runs of ``probe``."""
     rows = []
     inputs = case.make_inputs(s.device, s.dtype)
     flops = case.flops(s.chunk_size)
+    before = probe()
     for mode in s.modes:
         rows.append(_result(case, mode, "fwd", flops, _time_forward(case, inputs, mode, s), matmul_gflops))
+        before = _probe_after(rows[-1], before, probe)
         log(_describe(rows[-1]))
         release_memory(s.device)
 
@@ -299,6 +349,7 @@ def bench_case(case: Case, s: Settings, matmul_gflops: float, models: dict[tuple
         else:
             timing = _time_forward_backward(case, inputs, mode, s)
             rows.append(_result(case, mode, "fwd+bwd", fwd_bwd_flops, timing, matmul_gflops, model))
+            before = _probe_after(rows[-1], before, probe)
         log(_describe(rows[-1]))
         release_memory(s.device)
     del inputs
@@ -351,6 +402,14 @@ def _attach_measured_peaks(rows: list[dict[str, Any]], sweep: dict[str, Any] | N
 # The command
 
 
+def _log_disturbed(rows: list[dict[str, Any]], log: Log) -> None:
+    """One warning naming every disturbed measurement (none: silence)."""
+    disturbed = [f"{r['case']} {r['mode']} {r['pass']}" for r in rows if r["disturbed"]]
+    if disturbed:
+        log(f"warning: {len(disturbed)} of {len(rows)} measurements {DISTURBED} (their rates understate the "
+            f"op): {', '.join(disturbed)}. Rerun on a quieter machine, or with fewer --threads.")
+
+
 def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
     row = next((r for r in rows if (r["case"], r["mode"], r["pass"]) ==
                 (TARGET["case"], TARGET["mode"], TARGET["pass"])), None)
@@ -360,7 +419,7 @@ def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _measure_matmul(s: Settings, when: str, log: Log) -> MatmulReference:
-    matmul = measure_matmul(s.device, _compute_dtype(s.dtype), s.matmul_size, s.matmul_repeats)
+    matmul = measure_matmul(s.device, compute_dtype(s.dtype), s.matmul_size, s.matmul_repeats)
     log(f"matmul {matmul.size}x{matmul.size} {str(matmul.dtype).removeprefix('torch.')} ({when}): "
         f"{matmul.gflops:.1f} GFLOP/s (best of {matmul.repeats})")
     release_memory(s.device)
@@ -368,15 +427,26 @@ def _measure_matmul(s: Settings, when: str, log: Log) -> MatmulReference:
 
 
 def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
-    """Run every measurement and return the report (JSON-ready).
+    """Run every measurement with ``s.threads`` intra-op threads (restored afterwards); return the report.
 
     The matmul reference is measured before and after the timings; ratios use the higher of the two, so
-    a slowdown of the whole machine during the run shows up as a gap between them.
+    a slowdown of the whole machine during the run shows up as a gap between them. Each row also says
+    whether it was disturbed (``lrnn.bench.timing.disturbance``), judged against the best probe rate.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        return _run(s, command, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(s: Settings, command: str, log: Log) -> dict[str, Any]:
     machine = machine_info(s.device)
-    log(f"lrnn.bench ops: device {s.device}, dtype {str(s.dtype).removeprefix('torch.')}, torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, {machine['cpu_model']}")
     load = machine["load_average_at_start"]
+    log(f"lrnn.bench ops: device {s.device}, dtype {str(s.dtype).removeprefix('torch.')}, torch {machine['torch']}, "
+        f"{machine['torch_threads']} intra-op thread(s), {machine['cpu_model']}, {machine['logical_cores']} logical "
+        f"cores, 1-minute load average {'unknown' if load is None else f'{load:.2f}'}")
     if load is not None and load > 0.5:
         log(f"warning: 1-minute load average is {load:.2f} before starting; other processes compete for the "
             "CPU and will inflate the timings")
@@ -386,10 +456,14 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
     # multi-GB peak beside it can push a 24 GB machine out of memory.
     sweep = memory_sweep(s, models, log)
     start = _measure_matmul(s, "start", log)
-    rows = [row for case in s.cases for row in bench_case(case, s, start.gflops, models, log)]
+    probe = MatmulProbe(s)
+    rows = [row for case in s.cases for row in bench_case(case, s, start.gflops, models, probe, log)]
     end = _measure_matmul(s, "end", log)
     reference = max(start, end, key=lambda m: m.gflops)
     _set_reference(rows, reference.gflops)
+    for row in rows:  # judged again against the run's best probe rate, which may have come late
+        _check_disturbance(row, probe.best)
+    _log_disturbed(rows, log)
     _attach_measured_peaks(rows, sweep)
     return {
         "command": command,
@@ -398,7 +472,8 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
         "settings": s.as_dict(),
         "matmul": {"size": reference.size, "dtype": str(reference.dtype).removeprefix("torch."),
                    "repeats": reference.repeats, "best_seconds": reference.best_seconds,
-                   "gflops": reference.gflops, "gflops_start": start.gflops, "gflops_end": end.gflops},
+                   "gflops": reference.gflops, "gflops_start": start.gflops, "gflops_end": end.gflops,
+                   "probe_best_gflops": probe.best},
         "flop_definitions": FLOP_DEFINITIONS,
         "backward_flop_factor": BACKWARD_FLOP_FACTOR,
         "estimate_margin": ESTIMATE_MARGIN,
@@ -426,8 +501,7 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         parser.error(str(err))
     report = run(settings, command)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
+        atomic_write_text(args.json, json.dumps(report, indent=2))
         _log(f"wrote {args.json}")
     print(report_mod.render(report, markdown=args.markdown), end="")
     return 0

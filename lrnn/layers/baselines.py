@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import check_positive
+from lrnn.layers.common import document_starts
+from lrnn.layers.registry import MixerSpec, register
+from lrnn.ops import compute_dtype
+from lrnn.validation import check_positive
 
 State = dict[str, torch.Tensor]
 
@@ -14,7 +17,7 @@ State = dict[str, torch.Tensor]
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate pairs (x_i, x_{i+d/2}) of x [B, T, H, D] by angle ``position * base^(-2i/d)``."""
     half = x.shape[-1] // 2
-    dtype = torch.promote_types(x.dtype, torch.float32)
+    dtype = compute_dtype(x.dtype)
     freqs = base ** (-torch.arange(half, dtype=dtype, device=x.device) / half)
     angles = positions.to(dtype)[..., None] * freqs  # [B, T, half]
     cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
@@ -26,10 +29,13 @@ class Attention(nn.Module):
     """Causal multi-head softmax attention with rotary positions and a KV cache (``state["k"/"v"]``).
 
     With a padding ``mask`` [B, T] (True = token), padded keys are ignored and positions count real
-    tokens only, so left-padded prompts see the same positions as unpadded ones.
+    tokens only, so left-padded prompts see the same positions as unpadded ones. With ``seq_starts``
+    [B, T] (packed documents) a query sees the keys of its own document only (a block-diagonal causal
+    mask) and positions restart at 0 at each document start; the cache then keeps the row's last
+    document visible (its earlier keys are marked invalid), which a next call continues.
     """
 
-    def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0, **_: object) -> None:
+    def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0) -> None:
         super().__init__()
         check_positive(d_model=d_model, num_heads=num_heads)
         if d_model % num_heads or (d_model // num_heads) % 2:
@@ -39,22 +45,28 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = hidden.shape
+        seq_starts = document_starts(seq_starts, hidden, mask)
         q, k, v = self.qkv(hidden).reshape(b, t, 3, self.num_heads, self.head_dim).unbind(2)
         past_valid = None if state is None else state.get("valid")  # [B, T_past] bool
         valid = torch.ones(b, t, dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
         all_valid = valid if past_valid is None else torch.cat([past_valid, valid], dim=1)
-        positions = (torch.cumsum(all_valid.long(), dim=1) - 1).clamp(min=0)[:, -t:]
+        document = None if seq_starts is None else _documents(seq_starts, all_valid.shape[1])  # [B, total]
+        positions = _positions(all_valid, document)[:, -t:]
         q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
         if state is not None:
             if "k" in state:
                 k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
-            state["k"], state["v"], state["valid"] = k, v, all_valid
+            # A next call continues the row's last document: the keys before it are dropped from view.
+            kept = all_valid if document is None else all_valid & (document == document[:, -1:])
+            state["k"], state["v"], state["valid"] = k, v, kept
         total = k.shape[1]
         # Query i (absolute index total - t + i) sees keys j <= that index that are real tokens.
         causal = torch.ones(t, total, dtype=torch.bool, device=hidden.device).tril(total - t)
         allowed = causal[None, None] & all_valid[:, None, None, :]
+        if document is not None:  # ... of its own document
+            allowed = allowed & (document[:, -t:, None] == document[:, None, :])[:, None]
         # A padded query row may see nothing; let it see itself to avoid NaN (its output is unused).
         itself = causal & ~torch.ones(t, total, dtype=torch.bool, device=hidden.device).tril(total - t - 1)
         allowed = allowed | itself[None, None]
@@ -63,13 +75,31 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
+def _documents(seq_starts: torch.Tensor, total: int) -> torch.Tensor:
+    """The document index of every key [B, total] (cached keys first, then the T new tokens, whose
+    document starts ``seq_starts`` [B, T] mark): cached keys are document 0, the one a call continues."""
+    past = torch.zeros(seq_starts.shape[0], total - seq_starts.shape[1], dtype=torch.long, device=seq_starts.device)
+    return torch.cumsum(torch.cat([past, seq_starts.long()], dim=1), dim=1)
+
+
+def _positions(valid: torch.Tensor, document: torch.Tensor | None) -> torch.Tensor:
+    """Rotary positions [B, total]: the real tokens (``valid``) before each one in its document (in the
+    whole row when ``document`` is None)."""
+    seen = torch.cumsum(valid.long(), dim=1)  # real tokens up to and including each position
+    if document is not None:  # minus those before the position's document start
+        start = F.pad(document[:, 1:] != document[:, :-1], (1, 0))
+        seen = seen - torch.where(start, seen - valid.long(), torch.zeros_like(seen)).cummax(dim=1).values
+    return (seen - 1).clamp(min=0)
+
+
 class LSTM(nn.Module):
     """A single-layer LSTM mixer (the recurrent baseline), states cached as ``state["h"/"c"]``.
 
-    Padded positions (mask False) keep the previous (h, c), so left padding is a no-op.
+    Padded positions (mask False) keep the previous (h, c), so left padding is a no-op; ``seq_starts``
+    [B, T] (packed documents) resets (h, c) to zero at each document's first token.
     """
 
-    def __init__(self, d_model: int, hidden_size: int | None = None, **_: object) -> None:
+    def __init__(self, d_model: int, hidden_size: int | None = None) -> None:
         super().__init__()
         self.hidden_size = d_model if hidden_size is None else hidden_size
         check_positive(d_model=d_model, hidden_size=self.hidden_size)
@@ -82,8 +112,9 @@ class LSTM(nn.Module):
         nn.init.orthogonal_(self.recurrent_proj.weight)
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = hidden.shape
+        seq_starts = document_starts(seq_starts, hidden, mask)
         gates_in = self.input_proj(hidden)
         if state is not None and "h" in state:
             h, c = state["h"], state["c"]
@@ -91,6 +122,9 @@ class LSTM(nn.Module):
             h = c = hidden.new_zeros(b, self.hidden_size)
         outs = []
         for i in range(t):
+            if seq_starts is not None:  # a document's first token starts from (h, c) = 0
+                fresh = seq_starts[:, i, None]
+                h, c = h.masked_fill(fresh, 0.0), c.masked_fill(fresh, 0.0)
             gi, gf, gg, go = (gates_in[:, i] + self.recurrent_proj(h)).chunk(4, dim=-1)
             c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
             h_new = torch.sigmoid(go) * torch.tanh(c_new)
@@ -102,3 +136,10 @@ class LSTM(nn.Module):
         if state is not None:
             state["h"], state["c"] = h, c
         return self.out_proj(torch.stack(outs, dim=1))
+
+
+ATTENTION = register(MixerSpec(
+    name="attention", label="Transformer", summary="causal softmax attention with RoPE (the Transformer baseline)",
+    build=Attention, fields={"heads": "num_heads"}, small={"num_heads": 2}))
+LSTM_SPEC = register(MixerSpec(
+    name="lstm", label="LSTM", summary="a single-layer LSTM (the nonlinear recurrent baseline)", build=LSTM))

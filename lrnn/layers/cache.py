@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lrnn.validation import check_positive
+
 
 class Cache:
     """Per-layer decoding state of a model.
@@ -19,13 +21,20 @@ class Cache:
     """
 
     def __init__(self, num_layers: int) -> None:
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        check_positive(num_layers=num_layers)
         self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(num_layers)]
         self.length = 0
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def clone(self) -> "Cache":
+        """An independent copy (every state tensor cloned): a snapshot to roll back to, e.g. before a
+        speculative verification step."""
+        copy = Cache(len(self))
+        copy.layers = [{name: value.clone() for name, value in layer.items()} for layer in self.layers]
+        copy.length = self.length
+        return copy
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows ``index`` of every state (beam search, dropping finished rows)."""

@@ -8,26 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.ops import short_conv
+from lrnn.ops import check_seq_starts, compute_dtype, short_conv
+from lrnn.validation import check_positive
 
 
 def wide(x: torch.Tensor) -> torch.Tensor:
-    """x in float32 at least (float64 stays float64): for norms, decays and other precision-hungry math."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    """x in ``compute_dtype`` (float32 at least, float64 stays float64): for norms, decays and other
+    precision-hungry math."""
+    return x.to(compute_dtype(x.dtype))
 
 
-def check_positive(**sizes: object) -> None:
-    """Raise a clear error unless every named value is an int >= 1."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the padded positions (mask [B, T], True = real token) of x [B, T, ...]."""
+    if mask is None:
+        return x
+    return x * mask.reshape(*mask.shape, *([1] * (x.ndim - 2))).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -97,14 +92,15 @@ class ShortConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
-                name: str = "conv", mode: str | None = None) -> torch.Tensor:
+                name: str = "conv", mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; ``seq_starts`` [B, T] (bool): packed documents, no tap crosses a start."""
         initial = None if state is None else state.get(name)
         if mode is None:
             mode = "recurrent" if x.shape[1] == 1 and initial is not None else "chunk"
         y, final = short_conv(x, self.weight.squeeze(1).to(x.dtype),
                               None if self.bias is None else self.bias.to(x.dtype),
                               activation=self.activation, initial_state=initial,
-                              output_final_state=state is not None, mode=mode)
+                              output_final_state=state is not None, mode=mode, seq_starts=seq_starts)
         if state is not None:
             state[name] = final
         return y
@@ -133,6 +129,49 @@ def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floo
     return dt + torch.log(-torch.expm1(-dt))  # softplus^{-1}(dt)
 
 
-def recurrent_mode(x: torch.Tensor, state: dict[str, torch.Tensor] | None, key: str) -> str:
-    """Single-token steps with a state run the O(1) recurrent path; everything else is chunked."""
-    return "recurrent" if x.shape[1] == 1 and state is not None and key in state else "chunk"
+SCAN_MODES = ("step", "recurrent", "chunk")
+
+
+def scan_mode(hidden: torch.Tensor, state: dict[str, torch.Tensor] | None, mode: str | None = None, *,
+              key: str = "ssm", scan_on_cpu: bool = False) -> str:
+    """How a mixer runs its recurrence over ``hidden`` [B, T, ...]: one of ``SCAN_MODES``. The one rule:
+
+    1. One token (T = 1) continuing a cached state (``key`` in ``state``): ``"step"``, the O(1) step op
+       (``decay_step`` / ``delta_step``; at T = 1 it computes what ``"recurrent"`` does), unless the
+       caller forces ``mode="chunk"``.
+    2. Otherwise a forced ``mode`` (``"chunk"`` or ``"recurrent"``) as given.
+    3. Otherwise ``"recurrent"`` on CPU for a mixer that passes ``scan_on_cpu`` (one whose chunked form
+       does far more work than the scan, so it pays off only on parallel hardware), else ``"chunk"``.
+    """
+    if mode not in (None, "chunk", "recurrent"):
+        raise ValueError(f"mode must be None, 'chunk' or 'recurrent', got {mode!r}")
+    if mode != "chunk" and hidden.shape[1] == 1 and state is not None and key in state:
+        return "step"
+    if mode is not None:
+        return mode
+    return "recurrent" if scan_on_cpu and hidden.device.type == "cpu" else "chunk"
+
+
+def run_short_conv(conv: ShortConv, x: torch.Tensor, state: dict[str, torch.Tensor] | None, name: str,
+                   mode: str, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, T, D] through ``conv`` in a ``scan_mode`` mode: ``"step"`` takes ``ShortConv.step`` (or the
+    recurrent path when ``state`` holds no conv history yet, which starts it from zeros, or when the token
+    may start a document, ``seq_starts`` given)."""
+    if mode == "step":
+        if name in state and seq_starts is None:
+            return conv.step(x[:, 0], state, name).unsqueeze(1)
+        mode = "recurrent"
+    return conv(x, state, name, mode, seq_starts)
+
+
+def document_starts(seq_starts: torch.Tensor | None, hidden: torch.Tensor,
+                    mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Check a mixer's ``seq_starts`` (None, or bool [B, T] like ``hidden`` [B, T, d], True at the first
+    token of each packed document) and return it. Packing and padding do not mix: a row is either
+    packed with documents or left-padded, so ``mask`` must be None when ``seq_starts`` is given."""
+    if seq_starts is None:
+        return None
+    check_seq_starts(seq_starts, hidden.shape[0], hidden.shape[1], hidden)
+    if mask is not None:
+        raise ValueError("seq_starts (packed documents) and a padding mask cannot be combined: pass one of them")
+    return seq_starts

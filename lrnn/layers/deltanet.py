@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, check_flag, check_positive, init_dt_bias,
-                                 recurrent_mode, wide)
-from lrnn.layers.mamba import _masked
-from lrnn.ops import delta_rule
+from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, document_starts, init_dt_bias, masked,
+                                 run_short_conv, scan_mode, wide)
+from lrnn.layers.registry import MixerSpec, Variant, register
+from lrnn.validation import check_flag, check_int, check_positive
+from lrnn.ops import delta_rule, delta_step, reset_at_starts
 
 State = dict[str, torch.Tensor]
 
@@ -43,8 +44,7 @@ class DeltaNet(nn.Module):
         super().__init__()
         check_positive(d_model=d_model, num_heads=num_heads, num_householder=num_householder, chunk_size=chunk_size)
         check_flag("negative_eigenvalues", negative_eigenvalues)
-        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 0:
-            raise ValueError(f"conv_size must be an int >= 0 (0: no short conv), got {conv_size!r}")
+        check_int("conv_size (0: no short conv)", conv_size, 0)
         if head_dim is None:
             if d_model % num_heads:
                 raise ValueError(f"d_model = {d_model} must be divisible by num_heads = {num_heads}")
@@ -81,16 +81,24 @@ class DeltaNet(nn.Module):
         self.o_proj = nn.Linear(val, d_model, bias=False)
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
-        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated.
+
+        ``mode``: None, "chunk" or "recurrent", resolved by ``scan_mode``; a decode step (one token after a
+        cached state) runs the single-token ops ``ShortConv.step`` and ``delta_step``. ``seq_starts``
+        [B, T] (bool, packed documents): the state resets to zero at each document's first token -- a gate
+        ``a = 0`` there (without the forget gate, a gate that is 1 elsewhere), applied before the first
+        Householder step -- and the short convs do not reach across a start.
+        """
         b, t, _ = hidden.shape
         h, n_h = self.num_heads, self.num_householder
-        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
-        q, k, v = (_masked(proj(hidden), mask) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        seq_starts = document_starts(seq_starts, hidden, mask)
+        mode = scan_mode(hidden, state, mode)
+        q, k, v = (masked(proj(hidden), mask) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.use_short_conv:
-            q = self.q_conv1d(q, state, "conv_q", mode)
-            k = self.k_conv1d(k, state, "conv_k", mode)
-            v = self.v_conv1d(v, state, "conv_v", mode)
+            q = run_short_conv(self.q_conv1d, q, state, "conv_q", mode, seq_starts)
+            k = run_short_conv(self.k_conv1d, k, state, "conv_k", mode, seq_starts)
+            v = run_short_conv(self.v_conv1d, v, state, "conv_v", mode, seq_starts)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = F.normalize(q.reshape(b, t, h, self.head_dim), dim=-1)
@@ -99,16 +107,23 @@ class DeltaNet(nn.Module):
         beta = torch.sigmoid(wide(self.b_proj(hidden)))
         if self.negative_eigenvalues:
             beta = 2.0 * beta
-        beta = _masked(beta, mask).reshape(b, t * n_h, h)  # beta = 0 on padding: identity step
+        beta = masked(beta, mask).reshape(b, t * n_h, h)  # beta = 0 on padding: identity step
         log_a = None
         if self.use_forget_gate:
             log_a = -torch.exp(wide(self.A_log)) * F.softplus(wide(self.a_proj(hidden)) + wide(self.dt_bias))
-            log_a = _masked(log_a, mask)
-        o, ssm = delta_rule(q, k, v, beta, log_a, num_householder=n_h,
-                            initial_state=None if state is None else state.get("ssm"),
-                            output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
-        if state is not None:
-            state["ssm"] = ssm
+            log_a = masked(log_a, mask)
+        if seq_starts is not None:
+            no_gate = torch.zeros(b, t, h, dtype=beta.dtype, device=beta.device)  # log a = 0: a = 1
+            log_a, _ = reset_at_starts(seq_starts, no_gate if log_a is None else log_a)
+        if mode == "step":  # shapes, betas and gates are right by construction: skip the per-token checks
+            o, state["ssm"] = delta_step(q, k, v, beta, log_a, num_householder=n_h, initial_state=state["ssm"],
+                                         validate=False)
+        else:
+            o, ssm = delta_rule(q, k, v, beta, log_a, num_householder=n_h,
+                                initial_state=None if state is None else state.get("ssm"),
+                                output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
+            if state is not None:
+                state["ssm"] = ssm
         if self.use_output_gate:
             o = self.o_norm(o, self.g_proj(hidden).reshape(b, t, h, self.value_dim))
         else:
@@ -116,13 +131,36 @@ class DeltaNet(nn.Module):
         return self.o_proj(o.reshape(b, t, h * self.value_dim))
 
 
-def GatedDeltaNet(d_model: int, **kwargs) -> DeltaNet:
+class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet (arXiv 2412.06464): DeltaNet with the forget gate and a gated output norm."""
-    kwargs.setdefault("use_forget_gate", True)
-    kwargs.setdefault("use_output_gate", True)
-    return DeltaNet(d_model, **kwargs)
+
+    def __init__(self, d_model: int, use_forget_gate: bool = True, use_output_gate: bool = True, **kwargs) -> None:
+        super().__init__(d_model, use_forget_gate=use_forget_gate, use_output_gate=use_output_gate, **kwargs)
 
 
-def DeltaProduct(d_model: int, num_householder: int = 2, **kwargs) -> DeltaNet:
+class DeltaProduct(DeltaNet):
     """DeltaProduct (arXiv 2502.10297): n_h Householder steps per token (gated with use_forget_gate)."""
-    return DeltaNet(d_model, num_householder=num_householder, **kwargs)
+
+    def __init__(self, d_model: int, num_householder: int = 2, **kwargs) -> None:
+        super().__init__(d_model, num_householder=num_householder, **kwargs)
+
+
+_DELTA_FIELDS = {"heads": "num_heads", "n_h": "num_householder", "chunk_size": "chunk_size"}
+# DeltaNet / Gated DeltaNet take n_h too (a gated DeltaNet with n_h = 2 is a gated DeltaProduct); their
+# labels show it only when it is not 1. DeltaProduct's always do.
+_HIDDEN_N_H = Variant("num_householder", generic_field="n_h", label="{label} n_h={value}", show_default=False)
+
+DELTANET = register(MixerSpec(
+    name="deltanet", label="DeltaNet", summary="DeltaNet: the delta rule, eigenvalues 1 - beta",
+    build=DeltaNet, eigenvalue_switch=True, fields=_DELTA_FIELDS, variant=_HIDDEN_N_H,
+    small={"num_heads": 2, "chunk_size": 8}))
+GATED_DELTANET = register(MixerSpec(
+    name="gated_deltanet", label="Gated DeltaNet", summary="Gated DeltaNet: the delta rule with a decay gate",
+    build=GatedDeltaNet, eigenvalue_switch=True, fields=_DELTA_FIELDS, variant=_HIDDEN_N_H,
+    small={"num_heads": 2, "chunk_size": 8}))
+DELTAPRODUCT = register(MixerSpec(
+    name="deltaproduct", label="DeltaProduct",
+    summary="DeltaProduct: n_h Householder steps per token (n_h = 2 by default)",
+    build=DeltaProduct, eigenvalue_switch=True, fields=_DELTA_FIELDS,
+    variant=Variant("num_householder", generic_field="n_h", label="{label} n_h={value}"),
+    small={"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8}))

@@ -14,24 +14,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import GatedRMSNorm, ShortConv, check_flag, check_positive, init_dt_bias, recurrent_mode
-from lrnn.ops import decay_recurrence, negative_range
-from lrnn.ops._chunking import compute_dtype
-from lrnn.ops.decay import signs
+from lrnn.layers.common import (GatedRMSNorm, ShortConv, document_starts, init_dt_bias, masked,
+                                 run_short_conv, scan_mode)
+from lrnn.layers.registry import MixerSpec, register
+from lrnn.validation import check_flag, check_positive
+from lrnn.ops import decay_recurrence, decay_step, negative_range, reset_at_starts, selective_scan
 
 State = dict[str, torch.Tensor]
 
 
-def _signed_log_decay(log_a: torch.Tensor, negative_eigenvalues: bool):
-    """(log|a'|, a' < 0) for a' = a ([0, 1] range) or a' = 2a - 1 ([-1, 1] range)."""
-    return negative_range(log_a) if negative_eigenvalues else (log_a, None)
+def _signed_log_decay(log_a: torch.Tensor, negative_eigenvalues: bool, seq_starts: torch.Tensor | None = None):
+    """(log|a'|, a' < 0) for a' = a ([0, 1] range) or a' = 2a - 1 ([-1, 1] range); a' = 0 at the document
+    starts ``seq_starts`` [B, T] (packed documents), so no state crosses into a document."""
+    signed = negative_range(log_a) if negative_eigenvalues else (log_a, None)
+    return signed if seq_starts is None else reset_at_starts(seq_starts, *signed)
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero the padded positions (mask [B, T], True = real token) of x [B, T, ...]."""
-    if mask is None:
-        return x
-    return x * mask.reshape(*mask.shape, *([1] * (x.ndim - 2))).to(x.dtype)
+def _scan(q, k, v, log_a, negative, state: State | None, mode: str, chunk_size: int) -> torch.Tensor:
+    """The SSM recurrence (scale 1) in a ``scan_mode`` mode, reading and updating ``state["ssm"]``:
+    ``decay_step`` for a decode step, else ``decay_recurrence``. Shapes as in ``decay_recurrence``."""
+    if mode == "step":  # shapes and decay ranges are right by construction: skip the per-token checks
+        y, state["ssm"] = decay_step(q, k, v, log_a, negative, scale=1.0, initial_state=state["ssm"],
+                                     validate=False)
+        return y
+    y, ssm = decay_recurrence(q, k, v, log_a, negative, scale=1.0,
+                              initial_state=None if state is None else state.get("ssm"),
+                              output_final_state=state is not None, mode=mode, chunk_size=chunk_size)
+    if state is not None:
+        state["ssm"] = ssm
+    return y
+
+
+def _selective_scan(v, dt, A, bmat, cmat, negative_eigenvalues: bool, state: State | None) -> torch.Tensor:
+    """Mamba's scan with ``selective_scan``, reading and updating ``state["ssm"]`` (laid out [B, D, N, 1],
+    as ``decay_recurrence`` keeps it): y [B, T, D]."""
+    initial = None if state is None or "ssm" not in state else state["ssm"].squeeze(-1)
+    y, final = selective_scan(v, dt, A, bmat, cmat, negative_eigenvalues=negative_eigenvalues,
+                              initial_state=initial, output_final_state=state is not None)
+    if state is not None:
+        state["ssm"] = final.unsqueeze(-1)
+    return y
 
 
 class Mamba2(nn.Module):
@@ -78,64 +100,34 @@ class Mamba2(nn.Module):
         self.A_log._no_weight_decay = self.D._no_weight_decay = self.dt_bias._no_weight_decay = True
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
-        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated.
+
+        ``mode``: None, "chunk" or "recurrent", resolved by ``scan_mode``; a decode step (one token after a
+        cached state) runs the single-token ops ``ShortConv.step`` and ``decay_step``. ``seq_starts``
+        [B, T] (bool, packed documents): the decay is 0 at each document's first token and the short conv
+        does not reach across a start.
+        """
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
-        if mode == "recurrent" and t == 1 and mask is None and state is not None and "ssm" in state and "conv" in state:
-            return self._step(hidden, state)
+        seq_starts = document_starts(seq_starts, hidden, mask)
+        mode = scan_mode(hidden, state, mode)
         z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
-        xbc = self.conv1d(_masked(xbc, mask), state, "conv", mode)
+        xbc = run_short_conv(self.conv1d, masked(xbc, mask), state, "conv", mode, seq_starts)
         x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(*self.dt_limit)
-        dt = _masked(dt, mask)  # dt = 0 on padding: decay 1, no input
-        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
+        dt = masked(dt, mask)  # dt = 0 on padding: decay 1, no input
+        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues,
+                                            seq_starts)
         x = x.reshape(b, t, h, p)
         # Heads share their group's B and C: with one group this is a stride-0 view, not an [B, T, H, N] copy.
         bmat = bmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
         cmat = cmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
-        y, ssm = decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, scale=1.0,
-                                  initial_state=None if state is None else state.get("ssm"),
-                                  output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
+        y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
         d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
         y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
-        if state is not None:
-            state["ssm"] = ssm
-        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
-        return self.out_proj(y)
-
-    def _step(self, hidden: torch.Tensor, state: State) -> torch.Tensor:
-        """One decode step (T = 1, no mask) from a cached state: the same math as ``forward`` through
-        ``decay_recurrence(mode="recurrent")``, written for a single token without the sequence machinery
-        (no per-head copies of B and C, no argument checks, the state updated in two passes over it)."""
-        b = hidden.shape[0]
-        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xbc, dt = torch.split(self.in_proj(hidden[:, 0]), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
-        xbc = self.conv1d.step(xbc, state, "conv")
-        x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        dt = F.softplus(dt + self.dt_bias)
-        if self.dt_limit != (0.0, float("inf")):
-            dt = dt.clamp(*self.dt_limit)
-        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
-        dtype = compute_dtype(x.dtype)
-        a = torch.exp(log_a.to(dtype))  # [B, H]
-        if negative is not None:
-            a = a * signs(negative, a)
-        x = x.reshape(b, h, p)
-        v = (x * dt.unsqueeze(-1).to(x.dtype)).to(dtype).reshape(b, g, h // g, 1, p)
-        k = bmat.to(dtype).reshape(b, g, 1, n, 1)
-        q = cmat.to(dtype).reshape(b, g, 1, 1, n)
-        # H <- a H + k v^T per head (heads grouped as [B, G, H/G, N, P]); o = H^T q.
-        ssm = state["ssm"].to(dtype).reshape(b, g, h // g, n, p) * a.reshape(b, g, h // g, 1, 1)
-        ssm.addcmul_(k, v)
-        y = torch.matmul(q, ssm).reshape(b, h, p).to(x.dtype)
-        state["ssm"] = ssm.reshape(b, h, n, p)
-        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
-        y = (y + x * d.to(x.dtype)).reshape(b, 1, self.d_inner)
-        z = z.unsqueeze(1)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 
@@ -158,8 +150,7 @@ class Mamba(nn.Module):
         check_flag("negative_eigenvalues", negative_eigenvalues)
         d_inner = expand * d_model
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}")
+        check_positive(dt_rank=dt_rank)  # after resolving "auto"
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         self.d_model, self.d_state, self.d_inner, self.dt_rank = d_model, d_state, d_inner, dt_rank
@@ -183,30 +174,56 @@ class Mamba(nn.Module):
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated.
 
-        ``mode``: "chunk" or "recurrent" scan; None picks the step-by-step scan on CPU, the chunked
-        one elsewhere (both are exact; tests check them against each other).
+        ``mode``: None, "chunk" or "recurrent", resolved by ``scan_mode``: None picks the step-by-step
+        scan on CPU, the chunked one elsewhere (both are exact; tests check them against each other); a
+        decode step (one token after a cached state) runs ``ShortConv.step`` and ``decay_step``.
+        ``seq_starts`` [B, T] (bool, packed documents): the decays are 0 at each document's first token
+        and the short conv does not reach across a start. ``selective_scan`` has no reset: the
+        step-by-step mode then runs ``decay_recurrence``'s loop (exact, but it keeps every step's state).
         """
         b, t, _ = hidden.shape
-        if mode is None:
-            # One value channel per (channel, state) head: the chunked form does ~chunk_size times the
-            # work of the step-by-step scan, which pays off only on parallel hardware. On CPU the scan
-            # measured 37x faster fwd + bwd at a width-64 training shape (docs/benchmarks.md).
-            mode = "recurrent" if hidden.device.type == "cpu" else recurrent_mode(hidden, state, "ssm")
+        seq_starts = document_starts(seq_starts, hidden, mask)
+        # One value channel per (channel, state) head: the chunked form does ~chunk_size times the work of
+        # the step-by-step scan, which pays off only on parallel hardware. On CPU the scan measured 37x
+        # faster fwd + bwd at a width-64 training shape (docs/benchmarks.md).
+        mode = scan_mode(hidden, state, mode, scan_on_cpu=True)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x = self.conv1d(_masked(x, mask), state, "conv", mode)
+        # The conv's parallel form whenever a sequence is scanned: its step-by-step form is a reference whose
+        # backward writes a full-size gradient per step (it was a third of a CPU training step).
+        x = run_short_conv(self.conv1d, masked(x, mask), state, "conv", "chunk" if mode == "recurrent" else mode,
+                           seq_starts)
         dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = _masked(F.softplus(self.dt_proj(dt)), mask)  # [B, T, d_inner]
-        log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, T, d_inner, N]
-        log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues)
-        heads = (b, t, self.d_inner, self.d_state)
-        y, ssm = decay_recurrence(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads),
-                                  (dt * x).unsqueeze(-1), log_a, negative, scale=1.0,
-                                  initial_state=None if state is None else state.get("ssm"),
-                                  output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
-        if state is not None:
-            state["ssm"] = ssm
-        y = (y.squeeze(-1) + x * self.D.to(x.dtype)) * F.silu(z)
+        dt = masked(F.softplus(self.dt_proj(dt)), mask)  # [B, T, d_inner]
+        if mode == "recurrent" and seq_starts is None:  # one autograd function: no [B, T, d_inner, N] tensor kept
+            y = _selective_scan(dt * x, dt, -torch.exp(self.A_log), bmat, cmat, self.negative_eigenvalues, state)
+        else:
+            log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, T, d_inner, N]
+            log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues, seq_starts)
+            heads = (b, t, self.d_inner, self.d_state)
+            y = _scan(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads), (dt * x).unsqueeze(-1),
+                      log_a, negative, state, mode, self.chunk_size).squeeze(-1)
+        y = (y + x * self.D.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)
+
+
+def _mamba2_headdim(heads: int, d_model: int, mixer_kwargs) -> dict:
+    """Mamba-2 sizes heads by ``headdim``: ``heads`` = expand * d_model / headdim."""
+    expand = mixer_kwargs.get("expand", MAMBA2.default("expand"))
+    inner = expand * d_model
+    if inner % heads:
+        raise ValueError(f"heads must divide expand * d_model = {inner} for mamba2, got heads={heads}")
+    return {"headdim": inner // heads}
+
+
+MAMBA = register(MixerSpec(
+    name="mamba", label="Mamba", summary="Mamba (S6): selective scan with a decay per channel and state",
+    build=Mamba, eigenvalue_switch=True, fields={"d_state": "d_state", "chunk_size": "chunk_size"},
+    small={"d_state": 4, "chunk_size": 8}))
+MAMBA2 = register(MixerSpec(
+    name="mamba2", label="Mamba-2", summary="Mamba-2 (SSD): one decay per head, chunked state-space duality",
+    build=Mamba2, eigenvalue_switch=True,
+    fields={"heads": _mamba2_headdim, "d_state": "d_state", "chunk_size": "chunk_size"},
+    small={"d_state": 8, "headdim": 8, "chunk_size": 8}))

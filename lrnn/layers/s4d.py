@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import check_flag, check_positive, recurrent_mode
-from lrnn.layers.hippo import INITS, check_state_size, s4d_eigenvalues
-from lrnn.ops.s4d import DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
+from lrnn.layers.common import document_starts, scan_mode
+from lrnn.layers.registry import MixerSpec, Variant, register
+from lrnn.validation import check_flag, check_number, check_positive
+from lrnn.ops import S4D_INITS, check_state_size, s4d_eigenvalues
+from lrnn.ops import S4D_DISCRETIZATIONS as DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
 
 State = dict[str, torch.Tensor]
 
@@ -38,7 +40,7 @@ class S4D(nn.Module):
     no decoding). A, B and log_dt carry ``_ssm_param = True`` (see ``s4d_param_groups``).
 
     Args:
-        init: one of ``lrnn.layers.hippo.INITS`` ("legs", "lin", "inv", "real", "ptd").
+        init: one of ``lrnn.ops.S4D_INITS`` ("legs", "lin", "inv", "real", "ptd").
         discretization: "zoh" or "bilinear".
         ptd_gamma: the perturbation-norm weight of the PTD init.
     """
@@ -50,13 +52,13 @@ class S4D(nn.Module):
         check_positive(d_model=d_model)
         check_state_size(d_state)
         check_flag("bidirectional", bidirectional)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if init not in S4D_INITS:
+            raise ValueError(f"init must be one of {S4D_INITS}, got {init!r}")
         if discretization not in DISCRETIZATIONS:
             raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
-        if not (isinstance(dt_min, (int, float)) and isinstance(dt_max, (int, float)) and 0 < dt_min <= dt_max):
+        if not check_number("dt_min", dt_min, 0, strict=True) <= check_number("dt_max", dt_max):
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if not check_number("dropout", dropout, 0) < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.d_model, self.d_state, self.init, self.discretization = d_model, d_state, init, discretization
         self.bidirectional = bidirectional
@@ -91,19 +93,27 @@ class S4D(nn.Module):
         return s4d_kernel(log_abar, C * bbar, length)
 
     def forward(self, hidden: torch.Tensor, state: State | None = None, mask: torch.Tensor | None = None,
-                mode: str | None = None) -> torch.Tensor:
-        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated."""
+                mode: str | None = None, seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, T, d_model] -> [B, T, d_model]; ``state`` (a Cache entry) is read and updated.
+
+        ``seq_starts`` [B, T] (bool, packed documents): the state resets to zero at each document's first
+        token. The FFT kernel cannot reset, so the chunk mode convolves each document in a row of its own
+        (``s4d_scan``): exact, with a [documents, longest document, d_model] copy of the input."""
+        seq_starts = document_starts(seq_starts, hidden, mask)
         if self.bidirectional and (state is not None or mode == "recurrent"):
             raise ValueError("a bidirectional S4D layer is non-causal: it cannot run with a cache, decode "
                              "token by token or use mode='recurrent' (build it with bidirectional=False)")
-        mode = recurrent_mode(hidden, state, "ssm") if mode is None else mode
+        mode = scan_mode(hidden, state, mode)
+        if mode == "step":  # no single-token S4D op: the recurrent scan on one token is O(N) already
+            mode = "recurrent"
         A, B, C, dt = self.ssm_parameters()
         initial = None
         if state is not None and "ssm" in state:
             initial = torch.view_as_complex(state["ssm"].contiguous())
         y, final = s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, initial_state=initial,
                             output_final_state=state is not None, mode=mode, mask=mask,
-                            C_anticausal=None if self.C_anticausal is None else _complex(self.C_anticausal))
+                            C_anticausal=None if self.C_anticausal is None else _complex(self.C_anticausal),
+                            seq_starts=seq_starts)
         if state is not None:
             state["ssm"] = torch.view_as_real(final)
         y = self.dropout(F.gelu(y))
@@ -117,8 +127,7 @@ def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: f
     Each group also holds ``lr_scale`` (its lr over ``lr``) for schedulers that set one global lr.
     Empty groups are left out. Use as ``torch.optim.AdamW(s4d_param_groups(model, ...))``."""
     for name, value in (("lr", lr), ("ssm_lr", ssm_lr), ("weight_decay", weight_decay)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        check_number(name, value, 0)
     ssm, no_decay, decay = [], [], []
     for param in model.parameters():
         if not param.requires_grad:
@@ -135,3 +144,13 @@ def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: f
               dict(params=no_decay, lr=lr, lr_scale=1.0, weight_decay=0.0),
               dict(params=decay, lr=lr, lr_scale=1.0, weight_decay=weight_decay)]
     return [g for g in groups if g["params"]]
+
+
+INIT_LABELS = {"legs": "LegS", "lin": "Lin", "inv": "Inv", "real": "Real", "ptd": "PTD"}
+"""S4D init name -> its display name in model labels ("S4D-LegS")."""
+
+S4D_SPEC = register(MixerSpec(
+    name="s4d", label="S4D", summary="S4D: linear time-invariant diagonal SSM (FFT kernel; inits legs/lin/inv/real/ptd)",
+    build=S4D, fields={"d_state": "d_state"},
+    variant=Variant("init", choices=INIT_LABELS, label="{label}-{display}", tag="{name}-{value}"),
+    small={"d_state": 8}))

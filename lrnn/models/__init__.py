@@ -1,8 +1,14 @@
-"""Models: the LM / token classifier, its config, cached generation and checkpoint I/O."""
+"""Models: the LM / token classifier, its config, cached and speculative generation, text generation and
+checkpoint I/O."""
 
 from lrnn.layers import Cache
 from lrnn.models.config import ModelConfig
-from lrnn.models.generation import SamplingConfig, generate, select_next
+from lrnn.models.generation import SamplingConfig, SpecialTokens, generate, select_next
 from lrnn.models.lm import LanguageModel
+from lrnn.models.speculative import (Draft, Drafter, ModelDrafter, PromptLookupDrafter, SpeculativeStats,
+                                     speculative_generate, verify_draft)
+from lrnn.models.text import GenerationStats, generate_text
 
-__all__ = ["ModelConfig", "LanguageModel", "Cache", "SamplingConfig", "generate", "select_next"]
+__all__ = ["ModelConfig", "LanguageModel", "Cache", "SamplingConfig", "SpecialTokens", "generate", "select_next",
+           "GenerationStats", "generate_text", "speculative_generate", "verify_draft", "Draft", "Drafter",
+           "PromptLookupDrafter", "ModelDrafter", "SpeculativeStats"]

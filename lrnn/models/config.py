@@ -2,52 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lrnn.layers import MIXERS, RECURRENT_MIXERS
-
-
-class JsonConfig:
-    """Mixin for config dataclasses: a strict dict / JSON-file round trip.
-
-    ``from_dict`` refuses unknown keys (naming them), ``save`` writes atomically, ``load`` names a
-    missing or malformed file. ``config_kind`` names the config in error messages.
-    """
-
-    config_kind = "config"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        if not isinstance(data, dict):
-            raise TypeError(f"a {cls.config_kind} must be a JSON object (a mapping), got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.config_kind} key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        from lrnn.models.io import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{cls.config_kind} file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+from lrnn.jsonconfig import JsonConfig
+from lrnn.layers import MIXERS, mixer_spec
+from lrnn.validation import check_flag, check_int
 
 
 @dataclass
@@ -59,7 +19,8 @@ class ModelConfig(JsonConfig):
         d_model: residual width. n_layers: number of blocks.
         mixer: one mixer name for every layer, or a list with one name per layer (hybrids).
         attention_every: if > 0, every ``attention_every``-th layer (1-based) is attention instead.
-        negative_eigenvalues: the eigenvalue switch of every recurrent mixer ([0, 1] -> [-1, 1]).
+        negative_eigenvalues: the eigenvalue switch of every recurrent mixer ([0, 1] -> [-1, 1]); True
+            needs at least one layer whose mixer has the switch.
         mixer_kwargs: per mixer name, keyword arguments for its constructor
             (e.g. ``{"mamba2": {"headdim": 32}, "deltanet": {"num_heads": 4}}``).
         d_intermediate: hidden size of the gated MLP after each mixer (0: no MLP, as in Mamba).
@@ -89,8 +50,7 @@ class ModelConfig(JsonConfig):
         check_int("d_intermediate", self.d_intermediate, 0)
         if self.num_labels is not None:
             check_int("num_labels", self.num_labels, 1)
-        if not isinstance(self.negative_eigenvalues, bool):
-            raise TypeError(f"negative_eigenvalues must be a bool, got {self.negative_eigenvalues!r}")
+        check_flag("negative_eigenvalues", self.negative_eigenvalues)
         if not isinstance(self.mixer_kwargs, dict) or not all(isinstance(v, dict) for v in self.mixer_kwargs.values()):
             raise TypeError("mixer_kwargs must map mixer names to dicts of constructor arguments, "
                             f"got {self.mixer_kwargs!r}")
@@ -100,6 +60,12 @@ class ModelConfig(JsonConfig):
         unknown = sorted({n for n in names if n not in MIXERS} | {n for n in self.mixer_kwargs if n not in MIXERS})
         if unknown:
             raise ValueError(f"unknown mixer name(s) {unknown}; known: {sorted(MIXERS)}")
+        if self.negative_eigenvalues and not any(mixer_spec(n).eigenvalue_switch for n in names):
+            mixer_spec(names[0]).check_eigenvalue_switch(True)  # no layer has the switch: say so
+        for name, kwargs in self.mixer_kwargs.items():
+            if "negative_eigenvalues" in kwargs:
+                raise ValueError(f"mixer_kwargs[{name!r}] sets negative_eigenvalues: the eigenvalue range is "
+                                 "ModelConfig.negative_eigenvalues (one switch for every recurrent layer)")
 
     def layer_mixers(self) -> list[str]:
         """The mixer name of each layer."""
@@ -116,21 +82,14 @@ class ModelConfig(JsonConfig):
         return names
 
     def mixer_arguments(self, name: str) -> dict[str, Any]:
-        """Constructor keyword arguments of mixer ``name`` (the eigenvalue switch included)."""
+        """Constructor keyword arguments of mixer ``name`` (the eigenvalue switch included, for the mixers
+        that have it; in a hybrid, attention layers simply have none)."""
         kwargs = dict(self.mixer_kwargs.get(name, {}))
-        if name in RECURRENT_MIXERS:
-            kwargs.setdefault("negative_eigenvalues", self.negative_eigenvalues)
+        if mixer_spec(name).eigenvalue_switch:
+            kwargs["negative_eigenvalues"] = self.negative_eigenvalues
         return kwargs
 
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_size_multiple
         return (self.vocab_size + m - 1) // m * m
-
-
-def check_int(name: str, value: object, minimum: int) -> None:
-    """Raise a clear TypeError / ValueError unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")

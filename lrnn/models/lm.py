@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers import MIXERS, Cache, RMSNorm
+from lrnn.layers import Cache, RMSNorm, build_mixer
 from lrnn.models.config import ModelConfig
-from lrnn.models.io import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+from lrnn.ops import check_seq_starts
+from lrnn.models.generation import SpecialTokens
+from lrnn.models.io import (CONFIG_NAME, WEIGHTS_NAME, cast_tensors_, load_special_tokens, load_weights,
+                            save_special_tokens, save_weights)
+from lrnn.validation import check_int
 
 
 class GatedMLP(nn.Module):
@@ -32,15 +36,17 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, mixer_name: str) -> None:
         super().__init__()
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = MIXERS[mixer_name](config.d_model, **config.mixer_arguments(mixer_name))
+        self.mixer = build_mixer(mixer_name, config.d_model, **config.mixer_arguments(mixer_name))
         if config.d_intermediate > 0:
             self.norm2 = RMSNorm(config.d_model, config.norm_eps)
             self.mlp = GatedMLP(config.d_model, config.d_intermediate)
         else:
             self.norm2 = self.mlp = None
 
-    def forward(self, x: torch.Tensor, state: dict | None, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.mixer(self.norm(x), state, mask)
+    def forward(self, x: torch.Tensor, state: dict | None, mask: torch.Tensor | None,
+                seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        packed = {} if seq_starts is None else {"seq_starts": seq_starts}  # a mixer without it still runs unpacked
+        x = x + self.mixer(self.norm(x), state, mask, **packed)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -54,6 +60,16 @@ class LanguageModel(nn.Module):
     [B, T] (1 = token, 0 = left padding) makes padded positions identity steps. ``logits_to_keep=n >= 1``
     computes the final norm and head for the last ``n`` positions only (logits [B, n, ...]; generation's
     prefill needs just the last one); 0 (the default) keeps all ``T``, as in HF transformers.
+
+    Packed documents: ``seq_starts`` [B, T] (bool, True at the first token of each document in a row;
+    the row start is a boundary either way) keeps every document to itself -- recurrent states reset,
+    short convs and attention do not reach across a start, attention positions restart -- so the logits
+    equal those of each document run alone. Not combined with ``attention_mask``. With a ``Cache``, a
+    call continues the cached sequence unless its first token is flagged, and leaves the state of the
+    row's last document.
+
+    ``special_tokens`` holds the bos / eos / pad ids a checkpoint recorded (metadata: not used by
+    ``forward``); ``save_pretrained`` / ``from_pretrained`` and the interop formats carry it.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -61,6 +77,7 @@ class LanguageModel(nn.Module):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
+        self.special_tokens = SpecialTokens()
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, name) for name in config.layer_mixers())
         self.norm_f = RMSNorm(config.d_model, config.norm_eps)
@@ -76,12 +93,13 @@ class LanguageModel(nn.Module):
         return Cache(len(self.layers))
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
-        self._check_inputs(input_ids, cache, attention_mask, logits_to_keep)
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
+                seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(input_ids, cache, attention_mask, logits_to_keep, seq_starts)
         mask = None if attention_mask is None else attention_mask.bool()
         x = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache.layers[i], mask)
+            x = layer(x, None if cache is None else cache.layers[i], mask, seq_starts)
         if cache is not None:
             cache.length += input_ids.shape[1]
         if logits_to_keep:
@@ -91,11 +109,10 @@ class LanguageModel(nn.Module):
             logits = logits[..., : self.config.vocab_size]
         return logits
 
-    def _check_inputs(self, input_ids, cache, attention_mask, logits_to_keep) -> None:
+    def _check_inputs(self, input_ids, cache, attention_mask, logits_to_keep, seq_starts=None) -> None:
         if torch.compiler.is_compiling():
             return
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {logits_to_keep!r}")
+        check_int("logits_to_keep (0 = every position)", logits_to_keep, 0)
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int32):
             got = f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise TypeError(f"input_ids must be an integer tensor [batch, time], got {got}")
@@ -107,21 +124,39 @@ class LanguageModel(nn.Module):
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
+        if seq_starts is not None:
+            check_seq_starts(seq_starts, *input_ids.shape, input_ids)
+            if attention_mask is not None:
+                raise ValueError("seq_starts (packed documents) and attention_mask (padding) cannot be combined: "
+                                 "pass one of them")
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
-        directory = Path(directory)
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores: ``state_dict()`` without a tied head (stored once, as the embedding)."""
         state = self.state_dict()
         if self.config.tie_embeddings and self.config.num_labels is None:
-            state.pop("head.weight", None)  # tied: stored once, as the embedding
-        save_weights(state, directory / WEIGHTS_NAME)
+            state.pop("head.weight", None)
+        return state
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically), and the special
+        token ids, if any are recorded, into ``generation_config.json``. Tensors keep their dtypes."""
+        directory = Path(directory)
+        save_weights(self.checkpoint_state(), directory / WEIGHTS_NAME)
+        save_special_tokens(directory, self.special_tokens)
         self.config.save(directory / CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LanguageModel":
-        """Load a directory written by ``save_pretrained``; missing, unexpected or mis-shaped tensors
-        raise an error that names the file and the keys."""
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "LanguageModel":
+        """Load a directory written by ``save_pretrained``.
+
+        Every tensor keeps the dtype it was saved in (a float64 checkpoint loads as float64, bit for bit),
+        unless ``dtype`` (a floating-point ``torch.dtype``, as HF's ``from_pretrained(dtype=...)``) asks for
+        another: then the floating-point tensors are converted to it. Missing, unexpected or mis-shaped
+        tensors raise an error that names the file and the keys.
+        """
+        check_float_dtype("dtype", dtype)
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory not found: {directory}")
@@ -129,9 +164,7 @@ class LanguageModel(nn.Module):
         model = cls(config)
         weights_path = directory / WEIGHTS_NAME
         state = load_weights(weights_path)
-        expected = model.state_dict()
-        if config.tie_embeddings and config.num_labels is None:
-            expected.pop("head.weight", None)
+        expected = model.checkpoint_state()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(f"{weights_path} does not match {directory / CONFIG_NAME}: "
@@ -141,5 +174,14 @@ class LanguageModel(nn.Module):
             if tensor.shape != expected[name].shape:
                 raise ValueError(f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                                  f"the config expects {tuple(expected[name].shape)}")
+        cast_tensors_(model, {name: tensor.dtype for name, tensor in state.items()})
         model.load_state_dict(state, strict=False)
-        return model.to(map_location)
+        model.special_tokens = load_special_tokens(directory)
+        return model.to(map_location, dtype)
+
+
+def check_float_dtype(name: str, dtype: object) -> None:
+    """Raise a TypeError unless ``dtype`` is None or a floating-point ``torch.dtype``."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating-point torch.dtype (e.g. torch.float32) or None "
+                        f"(keep the saved dtypes), got {dtype!r}")

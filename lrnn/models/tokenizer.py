@@ -1,21 +1,13 @@
-"""Text in and out: a local ``tokenizer.json`` (HF ``tokenizers``), streaming decode, and text generation.
+"""Text in and out: a local ``tokenizer.json`` (HF ``tokenizers``) and streaming decode.
 
-No network access: the tokenizer is read from a directory (usually the model's). ``generate_text``
-streams the continuation through a callback as tokens arrive and returns timing statistics.
+No network access: the tokenizer is read from a directory (usually the model's). Generating text with
+it is ``lrnn.models.text.generate_text``.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import torch
-
-from lrnn.models.generation import SamplingConfig, generate
-from lrnn.models.lm import LanguageModel
 
 TOKENIZER_NAME = "tokenizer.json"
 _REPLACEMENT = "\ufffd"  # what a decoder emits for an incomplete UTF-8 sequence
@@ -112,64 +104,3 @@ class StreamDecoder:
         text = self._tokenizer.decode(self._ids[self._start:])
         self._start = self._read = len(self._ids)
         return text[len(prefix):]
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    new_tokens: int
-    prefill_s: float  # prompt in, first new token out
-    decode_s: float  # first to last new token
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode speed: tokens after the first, per second of decoding."""
-        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else float("nan")
-
-
-def generate_text(model: LanguageModel, tokenizer: Tokenizer, prompt: str, sampling: SamplingConfig,
-                  seed: int | None = None, write: Callable[[str], None] = print) -> GenerationStats:
-    """Continue ``prompt`` with ``model``, passing each completed piece of text to ``write`` as it arrives.
-
-    Stops after ``sampling.max_new_tokens`` tokens or at the tokenizer's EOS token.
-    """
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise ValueError("prompt must encode to at least one token, got an empty encoding for "
-                         f"{prompt!r}")
-    too_big = [i for i in ids if i >= model.config.vocab_size]
-    if too_big:
-        raise ValueError(f"the tokenizer ({tokenizer.path}) produced token ids up to {max(too_big)}, beyond the "
-                         f"model's vocab_size {model.config.vocab_size}: they do not belong together")
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos >= model.config.vocab_size:
-        eos = None  # an EOS the model cannot produce: run to max_new_tokens
-    sampling = SamplingConfig(**{**sampling.__dict__, "eos_token_id": eos})
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    stream = tokenizer.stream()
-    times: list[float] = []
-    finished = False
-
-    def on_token(token: torch.Tensor) -> None:
-        nonlocal finished
-        times.append(time.perf_counter())
-        if finished:
-            return
-        value = int(token[0])
-        if eos is not None and value == eos:
-            finished = True
-            return
-        piece = stream.push(value)
-        if piece:
-            write(piece)
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        generate(model, torch.tensor([ids]), sampling=sampling, generator=generator, on_token=on_token,
-                 eos_check_every=1)
-    rest = stream.finish()
-    if rest:
-        write(rest)
-    prefill = times[0] - start if times else time.perf_counter() - start
-    return GenerationStats(prompt_tokens=len(ids), new_tokens=len(times), prefill_s=prefill,
-                           decode_s=times[-1] - times[0] if len(times) > 1 else 0.0)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lrnn.validation import check_int, check_number
+
 MODES = ("recurrent", "chunk")
 
 
@@ -51,15 +53,31 @@ def check_same_dtype_device(named: dict[str, torch.Tensor | None], dtype: bool =
 def check_mode(mode: object, chunk_size: object) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be an int >= 1, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_int("chunk_size", chunk_size, 1)
 
 
 def check_scale(scale: object) -> None:
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if scale is not None:
+        check_number("scale (None: key_dim ** -0.5)", scale)
+
+
+def resolve_scale(scale: float | None, q: torch.Tensor) -> float:
+    """``scale`` as a float; None means ``key_dim ** -0.5`` (q: [..., key_dim]), which needs key_dim >= 1."""
+    if scale is not None:
+        return float(scale)
+    if q.shape[-1] == 0:
+        raise ValueError(f"the default scale (key_dim ** -0.5) needs key_dim >= 1, got key_dim = 0 (q of shape "
+                         f"{tuple(q.shape)}); give q and k a key dimension or pass scale explicitly")
+    return q.shape[-1] ** -0.5
+
+
+def check_single_token(op: str, q: torch.Tensor, sequence_op: str) -> None:
+    """A step op takes one token: ``q`` is a [batch, 1, heads, key_dim] tensor (checked before the other
+    inputs, whose expected shapes follow from it)."""
+    check_tensor("q", q, 4, "[batch, 1, heads, key_dim]")
+    if q.shape[1] != 1:
+        raise ValueError(f"{op} takes one token: q must have shape [batch, 1, heads, key_dim], got "
+                         f"{tuple(q.shape)} (time = {q.shape[1]}); run {sequence_op} over a sequence")
 
 
 def check_range(name: str, x: torch.Tensor, low: float, high: float, what: str) -> None:
@@ -91,6 +109,19 @@ def check_log_decay(log_decay: torch.Tensor, decay_negative: torch.Tensor | None
             raise ValueError(f"decay_negative is on {decay_negative.device} but log_decay is on {log_decay.device}")
     check_range("log_decay", log_decay, float("-inf"), 0.0,
                 "log|a| of a decay a in [-1, 1]; -inf encodes a = 0")
+
+
+def check_seq_starts(seq_starts: object, batch: int, time: int, like: torch.Tensor) -> None:
+    """Check document starts: a bool tensor [batch, time] on the device of ``like`` (True at the first
+    token of each document of a packed row)."""
+    if not isinstance(seq_starts, torch.Tensor) or seq_starts.dtype != torch.bool:
+        got = seq_starts.dtype if isinstance(seq_starts, torch.Tensor) else type(seq_starts).__name__
+        raise TypeError(f"seq_starts must be a bool tensor [batch, time] (True at each document's first token), "
+                        f"got {got}")
+    if tuple(seq_starts.shape) != (batch, time):
+        raise ValueError(f"seq_starts must have shape [batch, time] = {(batch, time)}, got {tuple(seq_starts.shape)}")
+    if seq_starts.device != like.device:
+        raise ValueError(f"seq_starts is on {seq_starts.device} but the inputs are on {like.device}")
 
 
 def check_state(initial_state: torch.Tensor | None, expected: Sequence[int], layout: str,

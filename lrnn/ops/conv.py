@@ -6,6 +6,10 @@ Per channel d, with kernel width W:
 
 where inputs before the sequence come from ``initial_state`` (the previous W-1 inputs, zeros if None).
 The state after a call is the last W-1 inputs, so prefill and single-token steps chain exactly.
+
+Packed documents (``seq_starts`` [batch, time], True at each document's first token): a tap whose input
+lies before the start of the output token's document reads zero, as if each document ran alone from a
+zero state; the final state zeroes the inputs before the row's last document start.
 Layout: x [batch, time, channels]; weight [channels, W] (mamba_ssm's conv1d.weight [D, 1, W] squeezed);
 state [batch, W-1, channels].
 """
@@ -31,6 +35,7 @@ def short_conv(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     mode: str = "chunk",
+    seq_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal depthwise convolution over time.
 
@@ -41,6 +46,8 @@ def short_conv(
         output_final_state: also return the last W-1 inputs (the next call's ``initial_state``).
         mode: ``"recurrent"`` (one step at a time: the reference and the decode path) or ``"chunk"``
             (one parallel convolution over the whole sequence).
+        seq_starts: bool [B, T], True at the first token of each packed document: no tap reaches back
+            across it (None: one document, continuing ``initial_state``).
 
     Returns:
         ``(y, final_state)``: y [B, T, D]; final_state [B, W-1, D] or None.
@@ -48,19 +55,27 @@ def short_conv(
     _check(x, weight, bias, activation, initial_state, mode)
     width = weight.shape[1]
     b, t, d = x.shape
+    if seq_starts is not None:
+        _checks.check_seq_starts(seq_starts, b, t, x)
     history = x.new_zeros(b, width - 1, d) if initial_state is None else initial_state.to(x.dtype)
     padded = torch.cat([history, x], dim=1)  # [B, W-1+T, D]
+    taps = None if seq_starts is None else _document_taps(seq_starts, width).to(x.dtype)  # [B, T, W]
     if t > 0 and mode == "chunk":
         # W shifted multiply-adds over the [B, T, D] layout (bias first). F.conv1d wants [B, D, T]: two
         # transposing copies, and its transposed output left every later op reading time-strided memory.
-        y = padded[:, :t] * weight[:, 0] if bias is None else torch.addcmul(bias, padded[:, :t], weight[:, 0])
+        def tap(w: int) -> torch.Tensor:  # the inputs tap w reads: [B, T, D]
+            return padded[:, w:w + t] if taps is None else padded[:, w:w + t] * taps[:, :, w, None]
+        y = tap(0) * weight[:, 0] if bias is None else torch.addcmul(bias, tap(0), weight[:, 0])
         for w in range(1, width):
-            y = y.addcmul_(padded[:, w:w + t], weight[:, w])
+            y = y.addcmul_(tap(w), weight[:, w])
     else:
         if t == 0:
             y = x
         else:
-            y = torch.stack([(padded[:, i:i + width] * weight.t()).sum(1) for i in range(t)], dim=1)
+            windows = [padded[:, i:i + width] for i in range(t)]  # [B, W, D] each
+            if taps is not None:
+                windows = [window * taps[:, i, :, None] for i, window in enumerate(windows)]
+            y = torch.stack([(window * weight.t()).sum(1) for window in windows], dim=1)
         if bias is not None:
             y = y + bias
     if activation == "silu":
@@ -68,7 +83,33 @@ def short_conv(
     final = None
     if output_final_state:  # a small copy with standard strides (a slice's strides would vary with T)
         final = padded[:, padded.shape[1] - (width - 1):].clone(memory_format=torch.contiguous_format)
+        if seq_starts is not None and t > 0:  # the next call continues the last document only
+            final = final * _last_document_history(seq_starts, width).to(final.dtype)
     return y, final
+
+
+def _document_taps(seq_starts: torch.Tensor, width: int) -> torch.Tensor:
+    """Which taps stay inside the output token's document: bool [B, T, W], tap w reaching back
+    ``W-1-w`` tokens. A token ``p`` tokens after its document's start reaches back at most ``p``; a token
+    with no start at or before it (the row continues ``initial_state``) reaches back freely."""
+    steps_in = steps_since_start(seq_starts, before_row=width)  # [B, T]; >= width: every tap kept
+    lags = torch.arange(width - 1, -1, -1, device=seq_starts.device)  # [W]: W-1, ..., 0
+    return steps_in[:, :, None] >= lags
+
+
+def steps_since_start(seq_starts: torch.Tensor, before_row: int = 0) -> torch.Tensor:
+    """Tokens since the latest document start at or before each position: int [B, T] from bool [B, T];
+    where no start precedes, the position counts from ``before_row`` tokens before the row."""
+    index = torch.arange(seq_starts.shape[1], device=seq_starts.device).expand_as(seq_starts)
+    latest = torch.where(seq_starts, index, torch.full_like(index, -before_row)).cummax(dim=1).values
+    return index - latest
+
+
+def _last_document_history(seq_starts: torch.Tensor, width: int) -> torch.Tensor:
+    """Which of the last W-1 inputs belong to the row's last document: bool [B, W-1, 1] (T >= 1)."""
+    steps_in = steps_since_start(seq_starts, before_row=width)[:, -1:]  # [B, 1], of the last token
+    back = torch.arange(width - 2, -1, -1, device=seq_starts.device)  # history slot j is W-2-j steps back
+    return (steps_in >= back)[:, :, None]
 
 
 def _check(x, weight, bias, activation, initial_state, mode):

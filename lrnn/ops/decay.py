@@ -53,11 +53,32 @@ def negative_range(log_decay: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.where(positive, log_pos, torch.where(zero, float("-inf"), log_neg)), negative
 
 
+def reset_at_starts(seq_starts: torch.Tensor, log_decay: torch.Tensor,
+                    decay_negative: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The decays of packed documents: ``a_t = 0`` (``log_decay = -inf``, not negative) wherever
+    ``seq_starts`` [B, T] is True, so no state crosses into a document from the one before it.
+
+    ``log_decay`` / ``decay_negative``: [B, T, ...] (one decay per head or per channel). With a zero decay
+    at its first token a document's state starts from exactly zero, the same as a separate run from a
+    zero state: the chunked ops take -inf exactly (their segment sums are masked cumulative sums), and
+    the gradient of the replaced decays is zero.
+    """
+    starts = seq_starts.reshape(*seq_starts.shape, *([1] * (log_decay.ndim - 2)))
+    log_decay = log_decay.masked_fill(starts, float("-inf"))
+    return log_decay, (None if decay_negative is None else decay_negative & ~starts)
+
+
 def signs(decay_negative: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     """+-1 factors in the dtype of ``like`` (None when every decay is non-negative)."""
     if decay_negative is None:
         return None
     return 1.0 - 2.0 * decay_negative.to(like.dtype)
+
+
+def decay_values(g: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    """The decays ``a = exp(log|a|) * (+-1)`` themselves, for the sequential paths. g, s: any one shape."""
+    a = torch.exp(g)
+    return a if s is None else a * s
 
 
 def prefix_decay(g: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:

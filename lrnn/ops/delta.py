@@ -24,11 +24,12 @@ import torch
 
 from lrnn.ops import _checks
 from lrnn.ops._chunking import (compute_dtype, default_batch_chunks, empty_sequence, heads_first, merge_chunks,
-                                split_chunks, stack_chunks, unbind_chunks)
-from lrnn.ops.decay import prefix_decay, segment_decay, signs, suffix_decay
+                                split_chunks, stack_chunks, to_dtype, unbind_chunks)
+from lrnn.ops.decay import decay_values, prefix_decay, segment_decay, signs, suffix_decay
 from lrnn.ops.triangular import unit_lower_inverse
+from lrnn.validation import check_flag, check_int
 
-__all__ = ["delta_rule"]
+__all__ = ["delta_rule", "delta_step"]
 
 _LAYOUT_Q = "[batch, time, heads, key_dim]"
 
@@ -67,10 +68,11 @@ def delta_rule(
         ``(o, final_state)``: o [B, T, H, V] in the dtype of v; final_state [B, H, K, V] in float32
         (float64 for float64 inputs) or None unless ``output_final_state``.
     """
-    _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state, mode, chunk_size)
+    _checks.check_mode(mode, chunk_size)
+    _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state)
     out_dtype = v.dtype
     dtype = compute_dtype(q.dtype)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = _checks.resolve_scale(scale, q)
     q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
     g = None if log_decay is None else log_decay.to(dtype)
     s = None if g is None else signs(decay_negative, g)
@@ -86,13 +88,63 @@ def delta_rule(
     return o.to(out_dtype), (state if output_final_state else None)
 
 
-def _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state, mode, chunk_size):
-    _checks.check_mode(mode, chunk_size)
+def delta_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor | None = None,
+    decay_negative: torch.Tensor | None = None,
+    *,
+    num_householder: int = 1,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    validate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of ``delta_rule`` in O(1): the gate, then ``num_householder`` delta steps, then the output.
+
+    ``H <- a H``; for j = 1..n_h: ``H <- H + b_j k_j (v_j - H^T k_j)^T``; ``o = H^T (scale q)``. Equal to
+    ``delta_rule(..., mode="recurrent", output_final_state=True)`` on a one-token sequence.
+
+    Args:
+        q: [B, 1, H, K]. k: [B, n_h, H, K] (sub-step j at index j). v: [B, n_h, H, V].
+        beta: [B, n_h, H] in [0, 2]. log_decay: optional gate ``log|a|`` [B, 1, H]; None: no gate.
+        decay_negative: bool [B, 1, H], True where ``a < 0``; None: all gates >= 0.
+        num_householder: n_h, the Householder steps per token. scale: multiplies q; None: ``K ** -0.5``.
+        initial_state: [B, H, K, V], the state before this token, or None (zeros). Not modified.
+        validate: check every argument (False: skip the checks; see ``decay_step``).
+
+    Returns:
+        ``(o, state)`` as ``decay_step`` returns them.
+    """
+    check_flag("validate", validate)
+    if validate:
+        _checks.check_single_token("delta_step", q, "delta_rule")
+        _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state)
+    out_dtype = v.dtype
+    dtype = compute_dtype(q.dtype)
+    scale = _checks.resolve_scale(scale, q)
+    b, _, h, dk = q.shape
+    state = q.new_zeros(b, h, dk, v.shape[-1], dtype=dtype) if initial_state is None else to_dtype(initial_state, dtype)
+    if log_decay is not None:
+        g = to_dtype(log_decay, dtype)
+        a = decay_values(g, signs(decay_negative, g))  # [B, 1, H]
+        state = a.transpose(1, 2).unsqueeze(-1) * state
+    # Heads first, sub-steps on dim 2 (views): k [B, H, n_h, K], v [B, H, n_h, V], beta [B, H, n_h, 1].
+    k, v = to_dtype(k, dtype).transpose(1, 2), to_dtype(v, dtype).transpose(1, 2)
+    beta = to_dtype(beta, dtype).transpose(1, 2).unsqueeze(-1)
+    for j in range(num_householder):
+        k_j = k[:, :, j:j + 1]  # [B, H, 1, K]
+        residual = v[:, :, j:j + 1] - torch.matmul(k_j, state)  # (v - H^T k)^T: [B, H, 1, V]
+        # Out of place: autograd keeps the state this step read.
+        state = torch.addcmul(state, k_j.transpose(-1, -2), beta[:, :, j:j + 1] * residual)
+    o = torch.matmul(to_dtype(q, dtype).transpose(1, 2) * scale, state)  # [B, H, 1, V]
+    return to_dtype(o.transpose(1, 2), out_dtype), state
+
+
+def _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state):
     _checks.check_scale(scale)
-    if isinstance(num_householder, bool) or not isinstance(num_householder, int):
-        raise TypeError(f"num_householder must be an int >= 1, got {type(num_householder).__name__}")
-    if num_householder < 1:
-        raise ValueError(f"num_householder must be >= 1, got {num_householder}")
+    check_int("num_householder", num_householder, 1)
     _checks.check_tensor("q", q, 4, _LAYOUT_Q)
     b, t, h, dk = q.shape
     n = num_householder
@@ -121,7 +173,7 @@ def _recurrent(q, k, v, beta, g, s, state, n_h):
     b, t, h, dk = q.shape
     if state is None:
         state = q.new_zeros(b, h, dk, v.shape[-1])
-    a = None if g is None else (torch.exp(g) if s is None else torch.exp(g) * s)
+    a = None if g is None else decay_values(g, s)
     # unbind, not x[:, i]: indexing backward writes a full-size zero tensor per step (O(T^2) traffic).
     a_t = [None] * t if a is None else a.unbind(1)
     k_t, v_t, beta_t, q_t = k.unbind(1), v.unbind(1), beta.unbind(1), q.unbind(1)

@@ -11,13 +11,18 @@ which, from ``x_{-1} = x0``, is the causal convolution ``y = K * u + D u`` plus 
 
 ``mode="chunk"`` builds K (O(N L)) and convolves with an FFT of length 2L (O(L log L)); ``mode="recurrent"``
 runs the recurrence (O(N) per token, the decoding step). Both agree to rounding.
+
+Packed documents (``seq_starts``): the recurrence resets the state to zero at each document's first
+token; a convolution cannot reset, so the FFT path moves each document into a row of its own
+(right-aligned, the left padding masked), convolves those rows, and gathers the outputs back.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lrnn.ops._checks import MODES
+from lrnn.ops._checks import MODES, check_seq_starts
+from lrnn.ops.conv import steps_since_start
 
 DISCRETIZATIONS = ("zoh", "bilinear")
 
@@ -116,7 +121,8 @@ def s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor | None = None, discretization: str = "zoh",
              initial_state: torch.Tensor | None = None, output_final_state: bool = False,
              mode: str = "chunk", mask: torch.Tensor | None = None,
-             C_anticausal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             C_anticausal: torch.Tensor | None = None,
+             seq_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the diagonal LTI SSM over u [B, T, H]; returns (y [B, T, H], final state [B, H, M] or None).
 
     A, B, C: complex [H, M] (continuous-time, M modes standing for M conjugate pairs); dt [H] > 0;
@@ -126,8 +132,16 @@ def s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     recurrent path allows any mask; the FFT path assumes left padding (all padding before the first
     real token of a row), the case of padded prompts. ``C_anticausal`` [H, M] adds the anti-causal
     kernel of a bidirectional layer (FFT path only, no state).
+    ``seq_starts`` [B, T] (bool, True at each packed document's first token): the state is reset to zero
+    there, so each document runs as if alone (``initial_state`` reaches only a first document whose first
+    token is not flagged; the final state is the last document's). The FFT path then convolves a
+    [documents, longest document, H] copy of the input. Not combined with ``mask``.
     """
     _check_inputs(u, A, B, C, dt, D, initial_state, mask, mode, discretization)
+    if seq_starts is not None:
+        check_seq_starts(seq_starts, u.shape[0], u.shape[1], u)
+        if mask is not None:
+            raise ValueError("s4d_scan takes a padding mask or seq_starts (packed documents), not both")
     real = torch.promote_types(torch.promote_types(u.dtype, torch.float32),
                                torch.promote_types(dt.dtype, A.real.dtype))
     cplx = _complex_dtype(real)
@@ -141,7 +155,9 @@ def s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     if C_anticausal is not None and (mode != "chunk" or x0 is not None or output_final_state):
         raise ValueError("an anti-causal (bidirectional) kernel needs mode='chunk' and no state")
     if mode == "recurrent":
-        y, final = _recurrent(uw, log_abar, bbar, C, x0, mask)
+        y, final = _recurrent(uw, log_abar, bbar, C, x0, mask, seq_starts)
+    elif seq_starts is not None and uw.shape[1] > 0:
+        y, final = _document_convolution(uw, log_abar, bbar, C, x0, seq_starts, output_final_state, C_anticausal)
     else:
         y, final = _convolution(uw, log_abar, bbar, C, x0, mask, output_final_state, C_anticausal)
     if D is not None:
@@ -149,13 +165,16 @@ def s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     return y.to(u.dtype), (final if output_final_state else None)
 
 
-def _recurrent(u, log_abar, bbar, C, x0, mask):
-    """Sequential reference / decode step: ``x = Abar x + Bbar u_t``, ``y_t = 2 Re(C x)``."""
+def _recurrent(u, log_abar, bbar, C, x0, mask, seq_starts=None):
+    """Sequential reference / decode step: ``x = Abar x + Bbar u_t``, ``y_t = 2 Re(C x)`` (x = 0 before a
+    document start)."""
     b, t, h = u.shape
     abar = torch.exp(log_abar)
     x = x0 if x0 is not None else torch.zeros(b, *abar.shape, dtype=abar.dtype, device=u.device)
     outputs = []
     for i in range(t):
+        if seq_starts is not None:
+            x = torch.where(seq_starts[:, i, None, None], torch.zeros((), dtype=x.dtype, device=x.device), x)
         new = abar * x + bbar * u[:, i, :, None]
         x = new if mask is None else torch.where(mask[:, i, None, None], new, x)
         outputs.append(2.0 * (C * x).sum(-1).real)
@@ -191,3 +210,29 @@ def _convolution(u, log_abar, bbar, C, x0, mask, output_final_state, C_anticausa
                 n = torch.full((b,), float(t), dtype=u.dtype, device=u.device)
             final = final + torch.exp(n[:, None, None] * log_abar) * x0
     return y, final
+
+
+def _document_convolution(u, log_abar, bbar, C, x0, seq_starts, output_final_state, C_anticausal):
+    """The FFT path over packed documents: each document of u [B, T, H] becomes a row of its own,
+    right-aligned in [N, L, H] (N documents, L the longest) behind masked left padding, which the FFT
+    path handles exactly; the row's first document keeps x0 unless its first token is flagged."""
+    h = u.shape[-1]
+    first = torch.ones_like(seq_starts[:, :1])
+    starts = torch.cat([first, seq_starts[:, 1:]], dim=1)  # the row start begins a document too
+    per_row = starts.sum(1)  # documents per row [B]
+    row_offset = torch.cumsum(per_row, 0) - per_row  # the index of each row's first document [B]
+    doc = row_offset[:, None] + torch.cumsum(starts.long(), 1) - 1  # each token's document [B, T]
+    lengths = torch.bincount(doc.flatten(), minlength=int(per_row.sum()))  # [N]
+    longest = int(lengths.max())
+    column = longest - lengths[doc] + steps_since_start(starts)  # right-aligned place in the document's row
+    n = lengths.shape[0]
+    rows = u.new_zeros(n, longest, h).index_put((doc, column), u)
+    real = torch.zeros(n, longest, dtype=torch.bool, device=u.device).index_put(
+        (doc, column), torch.ones_like(seq_starts))
+    x0_rows = None
+    if x0 is not None:  # only a first document that is not flagged continues the given state
+        keep = (~seq_starts[:, :1]).to(x0.real.dtype)[:, :, None]  # [B, 1, 1]
+        x0_rows = x0.new_zeros(n, *x0.shape[1:]).index_put((row_offset,), x0 * keep)
+    y_rows, final_rows = _convolution(rows, log_abar, bbar, C, x0_rows, real, output_final_state, C_anticausal)
+    final = None if final_rows is None else final_rows[row_offset + per_row - 1]
+    return y_rows[doc, column], final

@@ -31,7 +31,8 @@ def unit_lower_inverse(a: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
     inv = _forward_substitution(_diagonal_blocks(a, block))  # [..., nb, block, block]
     cur = block
     while cur < size:
-        pairs = inv.reshape(*inv.shape[:-3], -1, 2, cur, cur)
+        # The pair count is spelled out: with -1, an empty batch (zero-size leading dims) cannot be reshaped.
+        pairs = inv.reshape(*inv.shape[:-3], inv.shape[-3] // 2, 2, cur, cur)
         t11, t22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
         a21 = _diagonal_blocks(a, 2 * cur)[..., cur:, :cur]
         t21 = -(t22 @ (a21 @ t11))

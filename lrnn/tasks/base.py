@@ -12,6 +12,10 @@ input tokens, and is what length-generalisation bins are made of. ``answer_posit
 targets sit: ``"final"`` (one answer at the last real token: parity, arithmetic), ``"suffix"`` (answers on
 the last few real tokens: selective copying; scored per sequence, all answers right) or ``"every"`` (a target
 at every real token: group word problems' prefix products).
+
+Most tasks are generated: any number of fresh sequences can be drawn. A task that is a finite, fixed set
+of items (a held-out split such as ``sequential_digits_test``) also returns all of them from
+``fixed_items()``, so an evaluation can score each item exactly once instead of drawing with replacement.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+
+from lrnn.validation import check_int
 
 IGNORE_INDEX = -100
 """Target value of unsupervised positions (``torch.nn.functional.cross_entropy``'s default ignore_index)."""
@@ -70,11 +76,9 @@ class Task(ABC):
         draws the lengths, then calls ``_generate``.
         """
         max_length = min_length if max_length is None else max_length
-        for name, value in (("batch_size", batch_size), ("min_length", min_length), ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int("batch_size", batch_size, 1)
+        check_int("min_length", min_length)
+        check_int("max_length", max_length)
         if min_length < self.min_supported_length:
             raise ValueError(f"min_length must be >= {self.min_supported_length} for task {self.name!r}, "
                              f"got {min_length}")
@@ -91,6 +95,14 @@ class Task(ABC):
     @abstractmethod
     def _generate(self, lengths: torch.Tensor, generator: torch.Generator | None) -> TaskBatch:
         """Build a batch whose sequence b has ``lengths[b]`` input tokens (T = lengths.max())."""
+
+    def fixed_items(self) -> TaskBatch | None:
+        """Every item of a finite, fixed split, in a fixed order (inputs and targets [N, T], lengths [N]).
+
+        None (the default) for generated tasks, which have no finite set to enumerate. Evaluation scores
+        each returned item exactly once (``lrnn.training.evaluation.evaluate``).
+        """
+        return None
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         """Human-readable form of one input sequence [T] (padding dropped); tasks with symbols override it."""

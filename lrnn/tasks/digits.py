@@ -3,7 +3,8 @@
 Each image (1797 in all, intensities 0..16) becomes 64 tokens in row-major order, quantised to
 ``levels`` intensity tokens (``levels=17``: the raw intensities); the class (10 digits) is the answer
 at the last pixel. A fixed split: a seed-0 permutation of the 1797 images, the last 20 % (359 images)
-is ``split="test"``, the rest ``"train"``. Needs scikit-learn (``pip install 'lrnn[tasks]'``).
+is ``split="test"``, the rest ``"train"``. Training draws images with replacement (``sample``); an
+evaluation scores every image of the split once (``fixed_items``). Needs scikit-learn (``pip install 'lrnn[tasks]'``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import torch
 
 from lrnn.tasks.base import Task, TaskBatch, final_targets
+from lrnn.validation import check_int
 
 IMAGE_PIXELS = 64
 TEST_FRACTION = 0.2
@@ -51,8 +53,7 @@ class SequentialDigits(Task):
     def __init__(self, split: str = "train", levels: int = 17) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 17:
-            raise ValueError(f"levels must be an int in [2, 17], got {levels!r}")
+        check_int("levels", levels, 2, 17)
         pixels, labels = load_digits_tensors()
         index = split_indices(split, pixels.shape[0])
         # Bin intensities 0..16 into `levels` equal-width bins (identity when levels = 17).
@@ -75,6 +76,14 @@ class SequentialDigits(Task):
 
     def _generate(self, lengths: torch.Tensor, generator: torch.Generator | None) -> TaskBatch:
         """Images drawn uniformly (with replacement) from the split."""
-        pick = torch.randint(0, self.labels.shape[0], (lengths.shape[0],), generator=generator)
-        inputs = self.pixels[pick].clone()
-        return TaskBatch(inputs, final_targets(self.labels[pick], lengths, IMAGE_PIXELS), lengths)
+        return self._images(torch.randint(0, self.labels.shape[0], (lengths.shape[0],), generator=generator))
+
+    def fixed_items(self) -> TaskBatch:
+        """Every image of the split once, in split order: inputs and targets [N, 64], lengths [N]."""
+        return self._images(torch.arange(self.labels.shape[0]))
+
+    def _images(self, index: torch.Tensor) -> TaskBatch:
+        """The images ``index`` [B] of the split as a batch (all 64 tokens long, the digit at the last)."""
+        lengths = torch.full((index.shape[0],), IMAGE_PIXELS, dtype=torch.long)
+        return TaskBatch(self.pixels[index], final_targets(self.labels[index], lengths, IMAGE_PIXELS),
+                         lengths)

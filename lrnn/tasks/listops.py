@@ -17,6 +17,7 @@ import random
 import torch
 
 from lrnn.tasks.base import Task, TaskBatch, final_targets, id_list
+from lrnn.validation import check_int
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")
 OPEN = {name: 10 + i for i, name in enumerate(OPERATORS)}
@@ -49,8 +50,7 @@ class ListOps(Task):
                    "15 pads); answer at the last token: the value of the expression (10 classes)")
 
     def __init__(self, max_args: int = 5, digit_probability: float = 0.5) -> None:
-        if isinstance(max_args, bool) or not isinstance(max_args, int) or max_args < 2:
-            raise ValueError(f"max_args must be an int >= 2, got {max_args!r}")
+        check_int("max_args", max_args, 2)
         if not 0 <= digit_probability < 1:
             raise ValueError(f"digit_probability must be in [0, 1), got {digit_probability!r}")
         self.max_args, self.digit_probability = max_args, digit_probability

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from lrnn.tasks.base import IGNORE_INDEX, Task, TaskBatch, final_targets, id_list, lengths_of_parity, padding_mask
+from lrnn.validation import check_int
 
 
 class SelectiveCopy(Task):
@@ -26,9 +27,8 @@ class SelectiveCopy(Task):
     answer_positions = "suffix"
 
     def __init__(self, num_tokens: int = 8, num_memorize: int = 4) -> None:
-        for arg, value, low in (("num_tokens", num_tokens, 2), ("num_memorize", num_memorize, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+        check_int("num_tokens", num_tokens, 2)
+        check_int("num_memorize", num_memorize, 1)
         self.num_tokens, self.num_memorize = num_tokens, num_memorize
         self.blank_id, self.marker_id, self.pad_id = num_tokens, num_tokens + 1, num_tokens + 2
         self.vocab_size, self.num_classes = num_tokens + 3, num_tokens
@@ -73,9 +73,8 @@ class AssociativeRecall(Task):
     min_supported_length = 3
 
     def __init__(self, num_keys: int = 16, num_values: int = 16) -> None:
-        for arg, value in (("num_keys", num_keys), ("num_values", num_values)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"{arg} must be an int >= 2, got {value!r}")
+        check_int("num_keys", num_keys, 2)
+        check_int("num_values", num_values, 2)
         self.num_keys, self.num_values = num_keys, num_values
         self.pad_id = num_keys + num_values
         self.vocab_size, self.num_classes = num_keys + num_values + 1, num_values

@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrnn.layers import MIXERS, RECURRENT_MIXERS
+from lrnn.layers import GENERIC_FIELDS, MIXERS, mixer_spec
 from lrnn.models import ModelConfig
-from lrnn.models.config import JsonConfig, check_int
+from lrnn.jsonconfig import JsonConfig
+from lrnn.validation import check_flag, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -36,21 +37,34 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 """Named length protocols; ``RunConfig.with_protocol(name)`` applies one."""
 
-S4D_INIT_LABELS = {"legs": "LegS", "lin": "Lin", "inv": "Inv", "real": "Real", "ptd": "PTD"}
-"""S4D init name (``mixer_kwargs["init"]``) -> the suffix of its model label, "S4D-LegS" etc."""
+RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_size", "device")
+"""Run-config fields that change neither a run's weights nor its result (what it logs, when it checkpoints
+and evaluates, how many sequences one evaluation forward takes, and -- up to floating-point rounding --
+the device): runs differing only in them are the same run. An interrupted run may resume with other
+values, and a sweep may reuse a finished one."""
 
+
+def config_differences(first: dict[str, Any], second: dict[str, Any],
+                       ignore: tuple[str, ...] = RESULT_NEUTRAL_FIELDS) -> dict[str, tuple[Any, Any]]:
+    """``{field: (first's value, second's value)}`` for every field outside ``ignore`` where two run configs
+    (dicts as in config.json) differ; a field that only one of them has is paired with ``"<missing>"``."""
+    missing = "<missing>"
+    return {name: (first.get(name, missing), second.get(name, missing))
+            for name in sorted((set(first) | set(second)) - set(ignore))
+            if first.get(name, missing) != second.get(name, missing)}
 
 @dataclass
 class RunConfig(JsonConfig):
     """Everything that determines one training run (and, with the seed, its exact result).
 
     Model: ``mixer`` (a name in ``lrnn.layers.MIXERS``; "attention" is the Transformer baseline),
-    ``negative_eigenvalues`` (the [-1, 1] switch), ``n_layers``, ``d_model``, ``heads`` (heads of
-    DeltaNet-family and attention mixers; Mamba-2 uses ``headdim = expand * d_model / heads``),
-    ``n_h`` (Householder steps per token of DeltaProduct), ``d_state`` (Mamba / Mamba-2 / S4D state size,
-    None: the mixer's default), ``d_intermediate`` (MLP width after each mixer, 0: none),
-    ``chunk_size`` (chunked-scan block length), ``mixer_kwargs`` (extra constructor arguments, win
-    over everything derived above).
+    ``negative_eigenvalues`` (the [-1, 1] switch; only for mixers that have it), ``n_layers``, ``d_model``,
+    ``d_intermediate`` (MLP width after each mixer, 0: none), and the generic size fields, each None for
+    the mixer's own default and an error on a mixer that does not take it (``MixerSpec.fields`` says which
+    do): ``heads`` (Mamba-2: ``headdim = expand * d_model / heads``), ``n_h`` (Householder steps per
+    token of the DeltaNet family), ``d_state`` (Mamba / Mamba-2 / S4D state size), ``chunk_size``
+    (chunked-scan block length). ``mixer_kwargs``: further constructor arguments; one that contradicts a
+    generic field (``heads=4`` with ``mixer_kwargs={"headdim": 16}`` at a width that gives 32) is an error.
 
     Optimisation: AdamW with ``lr``, ``weight_decay`` (not on norms, biases or parameters flagged
     ``_no_weight_decay``), ``betas``; linear warm-up over ``warmup_fraction * steps`` steps, then a
@@ -62,9 +76,11 @@ class RunConfig(JsonConfig):
     Data: lengths uniform in [train_min, train_max]; ``batch_size`` fresh sequences per step.
 
     Evaluation: on ``eval_task`` (None: the task's held-out split ``Task.test_split`` if it has one, e.g.
-    sequential_digits -> sequential_digits_test, else the training task), ``eval_bins`` equal-width
-    length bins over [eval_min, eval_max], ``eval_samples`` sequences per bin drawn from a generator seeded with ``eval_seed`` (the same set every time),
-    every ``eval_every`` steps (0: only at the end) and at the end; ``eval_batch_size`` per forward.
+    sequential_digits -> sequential_digits_test, else the training task), in ``eval_bins`` equal-width
+    length bins over [eval_min, eval_max], every ``eval_every`` steps (0: only at the end) and at the end,
+    ``eval_batch_size`` sequences per forward. A task with a fixed split (``Task.fixed_items``) is scored
+    on every item once; otherwise ``eval_samples`` sequences per bin are drawn from a generator seeded
+    with ``eval_seed`` (the same set every time).
 
     Bookkeeping: ``log_every`` steps per JSONL line, ``checkpoint_every`` steps per checkpoint
     (0: only at the end), ``seed`` (model init and data), ``device``.
@@ -72,14 +88,14 @@ class RunConfig(JsonConfig):
 
     task: str = "parity"
     mixer: str = "deltanet"
-    negative_eigenvalues: bool = True
+    negative_eigenvalues: bool = False
     n_layers: int = 2
     d_model: int = 128
-    heads: int = 4
-    n_h: int = 1
+    heads: int | None = None
+    n_h: int | None = None
     d_state: int | None = None
     d_intermediate: int = 0
-    chunk_size: int = 64
+    chunk_size: int | None = None
     mixer_kwargs: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
     min_lr: float = 1e-6
@@ -116,23 +132,20 @@ class RunConfig(JsonConfig):
             raise TypeError(f"task must be a task name, got {self.task!r}")
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {sorted(MIXERS)}, got {self.mixer!r}")
-        if not isinstance(self.negative_eigenvalues, bool):
-            raise TypeError(f"negative_eigenvalues must be a bool, got {self.negative_eigenvalues!r}")
-        for name in ("n_layers", "d_model", "heads", "n_h", "chunk_size", "steps", "batch_size",
+        check_flag("negative_eigenvalues", self.negative_eigenvalues)
+        for name in ("n_layers", "d_model", "steps", "batch_size",
                      "train_min", "train_max", "eval_min", "eval_max", "eval_bins", "eval_samples",
                      "eval_batch_size", "log_every"):
             check_int(name, getattr(self, name), 1)
         for name in ("d_intermediate", "eval_every", "checkpoint_every", "seed", "eval_seed"):
             check_int(name, getattr(self, name), 0)
-        if self.d_state is not None:
-            check_int("d_state", self.d_state, 1)
+        for name in GENERIC_FIELDS:
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
         for name in ("lr", "min_lr", "weight_decay", "warmup_fraction", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if self.ssm_lr is not None and (isinstance(self.ssm_lr, bool) or not isinstance(self.ssm_lr, (int, float))
-                                        or not self.ssm_lr > 0):
-            raise ValueError(f"ssm_lr must be a number > 0 or None (the same lr as the rest), got {self.ssm_lr!r}")
+            check_number(name, getattr(self, name), 0)
+        if self.ssm_lr is not None:
+            check_number("ssm_lr (None: the same lr as the rest)", self.ssm_lr, 0, strict=True)
         if self.eval_task is not None and (not isinstance(self.eval_task, str) or not self.eval_task):
             raise TypeError(f"eval_task must be a task name or None (the task's test split), got {self.eval_task!r}")
         if not self.lr > 0:
@@ -154,26 +167,15 @@ class RunConfig(JsonConfig):
             raise TypeError(f"mixer_kwargs must be a dict of constructor arguments, got {self.mixer_kwargs!r}")
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
+        mixer_spec(self.mixer).check_eigenvalue_switch(self.negative_eigenvalues)
+        self.mixer_arguments()  # a generic field the mixer lacks, or one mixer_kwargs contradicts, raises
 
     # ---- model ---------------------------------------------------------------------------------
     def mixer_arguments(self) -> dict[str, Any]:
-        """Constructor arguments of the mixer, derived from the generic fields, then ``mixer_kwargs``."""
-        kwargs: dict[str, Any] = {}
-        if self.mixer in ("deltanet", "gated_deltanet", "deltaproduct", "attention"):
-            kwargs["num_heads"] = self.heads
-        if self.mixer == "deltaproduct" or (self.mixer in ("deltanet", "gated_deltanet") and self.n_h > 1):
-            kwargs["num_householder"] = self.n_h
-        if self.mixer == "mamba2":
-            inner = 2 * self.d_model  # Mamba-2's default expand = 2
-            if inner % self.heads:
-                raise ValueError(f"heads must divide 2 * d_model = {inner} for mamba2, got {self.heads}")
-            kwargs["headdim"] = inner // self.heads
-        if self.mixer in ("mamba", "mamba2", "s4d") and self.d_state is not None:
-            kwargs["d_state"] = self.d_state
-        if self.mixer in RECURRENT_MIXERS:
-            kwargs["chunk_size"] = self.chunk_size
-        kwargs.update(self.mixer_kwargs)
-        return kwargs
+        """Constructor arguments of the mixer: the generic fields mapped by its registry entry, then
+        ``mixer_kwargs`` (a contradiction between the two raises)."""
+        generic = {name: getattr(self, name) for name in GENERIC_FIELDS}
+        return mixer_spec(self.mixer).arguments(self.d_model, generic, self.mixer_kwargs)
 
     def model_config(self, vocab_size: int, num_classes: int) -> ModelConfig:
         """The token-classification ``ModelConfig`` of this run for a task's vocabulary and classes."""
@@ -184,21 +186,15 @@ class RunConfig(JsonConfig):
 
     @property
     def eigenvalue_range(self) -> str:
-        """"[-1, 1]" or "[0, 1]" for recurrent mixers, "-" for attention / LSTM."""
-        if self.mixer not in RECURRENT_MIXERS:
+        """"[-1, 1]" or "[0, 1]" for mixers with the eigenvalue switch, "-" for the others."""
+        if not mixer_spec(self.mixer).eigenvalue_switch:
             return "-"
         return "[-1, 1]" if self.negative_eigenvalues else "[0, 1]"
 
     @property
     def model_label(self) -> str:
         """Human name of the model, e.g. "DeltaProduct n_h=2" or "S4D-LegS" (a row of the report)."""
-        names = {"mamba": "Mamba", "mamba2": "Mamba-2", "deltanet": "DeltaNet", "gated_deltanet": "Gated DeltaNet",
-                 "deltaproduct": "DeltaProduct", "attention": "Transformer", "lstm": "LSTM"}
-        label = names.get(self.mixer, self.mixer)
-        if self.mixer == "s4d":  # one row per init: "S4D-LegS", "S4D-PTD", ...
-            init = self.mixer_arguments().get("init", "legs")
-            return f"S4D-{S4D_INIT_LABELS.get(init, init)}"
-        return f"{label} n_h={self.n_h}" if self.mixer == "deltaproduct" else label
+        return mixer_spec(self.mixer).display_label(self.mixer_arguments())
 
     def with_protocol(self, name: str) -> "RunConfig":
         """A copy with the train / test ranges of ``PROTOCOLS[name]``."""

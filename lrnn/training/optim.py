@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from lrnn.validation import check_number
+
 SSM_FLAG = "_ssm_param"
 """The attribute ``lrnn.layers.S4D`` sets on its SSM parameters (A, B, log_dt; see ``s4d_param_groups``)."""
 
@@ -28,13 +30,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float = 1.0,
     itself. The order (decay, no_decay, then ssm only if present) keeps optimiser states of models
     without SSM parameters identical to those of two-group runs.
     """
-    for name, value in (("weight_decay", weight_decay), ("lr", lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if ssm_lr is not None and (isinstance(ssm_lr, bool) or not isinstance(ssm_lr, (int, float)) or not ssm_lr > 0):
-        raise ValueError(f"ssm_lr must be a number > 0 or None, got {ssm_lr!r}")
-    if ssm_lr is not None and not lr > 0:
-        raise ValueError(f"lr must be > 0 when ssm_lr is set (lr_scale = ssm_lr / lr), got {lr!r}")
+    check_number("weight_decay", weight_decay, 0)
+    check_number("lr", lr, 0)
+    if ssm_lr is not None:
+        check_number("ssm_lr (None: the same lr as the rest)", ssm_lr, 0, strict=True)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0 when ssm_lr is set (lr_scale = ssm_lr / lr), got {lr!r}")
     decay, no_decay, ssm = [], [], []
     for param in model.parameters():
         if not param.requires_grad:

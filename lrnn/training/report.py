@@ -5,10 +5,16 @@ into cells by (task, model, eigenvalue range); a cell's **best** is the highest 
 (learning rates x seeds: the paper's "best of seeds"), its **median ± MAD** is taken over the seeds of
 the learning rate with the highest median. The score is scaled accuracy over the whole test range for
 tasks with one answer per sequence, sequence accuracy for tasks with a target at every token.
+
+A cell only ever pools runs of one experiment: runs whose configs differ in anything but the learning
+rate, the seed and the logging / checkpoint cadence are refused, never averaged together. A report writes
+only its own files (``report.md``, ``summary.json``, ``<task>.png``) and replaces them only where an earlier
+report wrote them (or when told to overwrite).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import defaultdict
@@ -17,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrnn.atomic import atomic_write, atomic_write_text
+from lrnn.layers import label_order
+from lrnn.training.config import RESULT_NEUTRAL_FIELDS, config_differences
 
-MODEL_ORDER = ("Transformer", "LSTM", "S4D-LegS", "S4D-Lin", "S4D-Inv", "S4D-Real", "S4D-PTD", "Mamba", "Mamba-2",
-               "DeltaNet", "Gated DeltaNet", "DeltaProduct")
 RANGE_ORDER = ("-", "[0, 1]", "[-1, 1]")
 TASK_ORDER = ("parity", "arithmetic", "arithmetic_brackets", "even_pairs", "parity_check", "cycle_navigation",
               "modular_arithmetic_simple", "s3", "s4", "a5", "s5", "z60", "a4xz5", "s5_swaps",
@@ -44,6 +50,12 @@ PUBLISHED = {
     },
 }
 """Published scores to set beside ours (``lrnn report --published NAME``); values from the papers."""
+
+CELL_AXES = ("lr", "seed")
+"""Run-config fields that vary between the runs of one cell: the axes its statistics are taken over."""
+
+REPORT_FILE = "report.md"
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -86,13 +98,38 @@ def median_mad(values: list[float]) -> tuple[float, float]:
     return med, statistics.median(abs(v - med) for v in values)
 
 
+def mixed_cells(results: list[dict]) -> list[str]:
+    """One line per (task, model, range) cell whose runs differ in config beyond ``CELL_AXES`` and
+    ``RESULT_NEUTRAL_FIELDS``, naming two such runs (their ``path``) and the differing fields; [] if none.
+
+    ``results`` are result.json dicts (``task``, ``model``, ``range``, ``config``, ``path``).
+    """
+    problems = []
+    for (task, model, rng), runs in _group_cells(results).items():
+        first = runs[0]
+        for other in runs[1:]:
+            differences = config_differences(first["config"], other["config"], CELL_AXES + RESULT_NEUTRAL_FIELDS)
+            if differences:
+                fields = ", ".join(f"{name} {a!r} vs {b!r}" for name, (a, b) in differences.items())
+                problems.append(f"cell {task} / {model} / {rng}: {first['path']} and {other['path']} differ in "
+                                f"{fields}")
+                break
+    return problems
+
+
 def cell_statistics(results: list[dict]) -> list[Cell]:
-    """Group results into (task, model, range) cells; best over all runs, median ± MAD over seeds."""
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for r in results:
-        groups[(r["task"], r["model"], r["range"])].append(r)
+    """Group results into (task, model, range) cells; best over all runs, median ± MAD over seeds.
+
+    A ValueError names the cells whose runs differ in config beyond the learning rate and seed
+    (``mixed_cells``): statistics over different experiments would mean nothing.
+    """
+    problems = mixed_cells(results)
+    if problems:
+        raise ValueError(f"{len(problems)} report cell(s) mix runs of different configs (only lr, seed and "
+                         f"{', '.join(RESULT_NEUTRAL_FIELDS)} may differ within a cell): {'; '.join(problems[:3])}"
+                         f"{'; ...' if len(problems) > 3 else ''}; report each config from a directory of its own")
     cells = []
-    for (task, model, rng), runs in groups.items():
+    for (task, model, rng), runs in _group_cells(results).items():
         by_lr: dict[float, list[float]] = defaultdict(list)
         for r in runs:
             by_lr[r["lr"]].append(r["score"])
@@ -168,29 +205,46 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
                 train_range: tuple[int, int]) -> Path:
     """Write a PNG of score vs length: one line per ``(label, dashed, bins)``, bins as in ``evaluate``.
 
-    Each bin is drawn at its centre length with its ``score``; the train lengths are shaded. The file is
-    written to a temporary name, then renamed.
+    Each bin is drawn at its centre length with its ``score``; the train lengths are shaded. A model (the
+    label without its range, e.g. "Mamba" of "Mamba [0, 1]") keeps one colour and marker; dashed curves
+    (the [0, 1] range) are thin dashed lines with open markers, the others thick solid lines with filled
+    ones. The legend sits outside the axes, so a dozen curves never hide the data. The file is written to
+    a temporary name, then renamed.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     ax.axvspan(train_range[0], train_range[1], color="0.9", label="train lengths")
-    colours: dict[str, str] = {}
+    models: dict[str, int] = {}
     lowest = 0.0
     for label, dashed, bins in curves:
-        model = label.split(" [")[0]  # one colour per model; [0, 1] dashed, [-1, 1] solid
-        colour = colours.setdefault(model, f"C{len(colours) % 10}")
+        index = models.setdefault(_without_range(label), len(models))
         x = [(b["min_length"] + b["max_length"]) / 2 for b in bins]
         y = [b["score"] for b in bins]
         lowest = min(lowest, *y)
-        ax.plot(x, y, "--" if dashed else "-", color=colour, marker="o", markersize=3, label=label)
+        colour = f"C{index % 10}"
+        ax.plot(x, y, color=colour, marker=_MARKERS[index % len(_MARKERS)], label=label,
+                **(_DASHED_STYLE if dashed else _SOLID_STYLE), markeredgecolor=colour)
     ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(min(-0.25, lowest - 0.05), 1.05))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save_png(fig, path)
+
+
+def _without_range(label: str) -> str:
+    """A curve label without its eigenvalue range: "DeltaNet [0, 1], 2500 steps" -> "DeltaNet, 2500 steps"."""
+    for rng in RANGE_ORDER[1:]:  # "[0, 1]" and "[-1, 1]"; models without a range have none in their label
+        label = label.replace(f" {rng}", "")
+    return label
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+"""One marker per model of a plot (with 10 colours, every pair is distinct for up to 60 models)."""
+_SOLID_STYLE = dict(linestyle="-", linewidth=1.8, markersize=5)
+_DASHED_STYLE = dict(linestyle=(0, (5, 3)), linewidth=1.2, markersize=5, markerfacecolor="white")
 
 
 def _save_png(fig, path: str | Path) -> Path:
@@ -227,12 +281,96 @@ def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metri
     return _save_png(fig, path)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 title: str = "State-tracking results", published: str | None = None) -> dict[str, Path]:
-    """Write ``report.md`` (headed ``# title``), ``summary.json`` and one ``<task>.png`` per task into ``out_dir``.
+def report_files(tasks: list[str]) -> list[str]:
+    """The names of the files a report on ``tasks`` writes: report.md, summary.json, one PNG per task."""
+    return [REPORT_FILE, SUMMARY_FILE] + [f"{task}.png" for task in tasks]
+
+
+def check_report_destination(out_dir: str | Path, tasks: list[str], overwrite: bool = False) -> None:
+    """Raise a ValueError if a report on ``tasks`` may not be written into ``out_dir``.
+
+    ``out_dir`` must be a directory (or not exist yet). The report's files (``report_files``) may replace
+    files of the same names only where an earlier report wrote them (``out_dir`` holds its summary.json)
+    or with ``overwrite``; other files in ``out_dir`` are never touched.
+    """
+    out = Path(out_dir)
+    check_output_directory(out, "the report destination")
+    clashes = [name for name in report_files(tasks) if (out / name).exists()]
+    if clashes and not overwrite and not _holds_report(out):
+        raise ValueError(f"{out} holds {', '.join(clashes)}, not written by an earlier report; write the report "
+                         "elsewhere or overwrite them (lrnn report --force)")
+
+
+def check_output_directory(path: str | Path, what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``path`` is a directory or can be created as one (it and
+    its deepest existing ancestor are not files)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is an existing file, not a directory")
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {ancestor} is a file, not a directory")
+
+
+def _holds_report(out: Path) -> bool:
+    """Whether ``out`` holds an earlier report: a summary.json listing cells as ``write_report`` writes it."""
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    cell_fields = {f.name for f in dataclasses.fields(Cell)}
+    return (isinstance(summary, list) and bool(summary)
+            and all(isinstance(c, dict) and cell_fields <= set(c) for c in summary))
+
+
+@dataclass
+class Report:
+    """A checked report, ready to write (``prepare_report``): its runs, cells and destination."""
+
+    results_dir: Path
+    out: Path
+    title: str
+    results: list[dict]
+    cells: list[Cell]
+    published: str | None
+    comparison: str | None
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks of the report's cells, in the table's order."""
+        return sorted({c.task for c in self.cells}, key=lambda t: _order(TASK_ORDER, t))
+
+    def write(self) -> dict[str, Path]:
+        """Write ``report.md``, ``summary.json`` and one ``<task>.png`` per task into ``out``; returns the
+        written paths by name ("report", "summary", and each task name)."""
+        written = {task: plot_lengths(self.cells, task, self.out / f"{task}.png") for task in self.tasks}
+        text = [f"# {self.title}", "",
+                f"{len(self.results)} finished runs under `{self.results_dir}`. Entry: **best** score over learning "
+                "rates and seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). "
+                "Score: scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for "
+                "tasks with a target at every token).", "", markdown_table(self.cells)]
+        if self.comparison is not None:
+            text += [f"Beside the published numbers: {PUBLISHED[self.published]['source']}.", "", self.comparison]
+        text += [f"![{task}]({written[task].name})" for task in self.tasks]
+        written["report"] = self.out / REPORT_FILE
+        atomic_write_text(written["report"], "\n".join(text) + "\n")
+        summary = [{k: v for k, v in vars(c).items() if k != "best_run"} | {"best_run": c.best_run["path"]}
+                   for c in self.cells]
+        written["summary"] = self.out / SUMMARY_FILE
+        atomic_write_text(written["summary"], json.dumps(summary, indent=2) + "\n")
+        return written
+
+
+def prepare_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                   title: str = "State-tracking results", published: str | None = None,
+                   overwrite: bool = False) -> Report:
+    """Collect and check everything a report needs before a file is written.
 
     ``out_dir`` defaults to ``results_dir``. ``published``: a key of ``PUBLISHED`` whose scores are
-    tabled beside ours. Returns the written paths by name ("report", "summary", and each task name).
+    tabled beside ours. ValueErrors: an empty title, no finished runs, cells that mix configs
+    (``cell_statistics``), an unknown ``published``, a destination the report may not write into
+    (``check_report_destination``: files of its names are replaced only where an earlier report wrote
+    them, or with ``overwrite``; nothing else in ``out_dir`` is touched).
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"title must be a non-empty string, got {title!r}")
@@ -241,33 +379,31 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         raise ValueError(f"no finished runs (result.json with finished = true) under {results_dir}")
     out = Path(results_dir if out_dir is None else out_dir)
     cells = cell_statistics(results)
-    # Built before any file is written: published_table also rejects an unknown name.
     comparison = None if published is None else published_table(cells, published)
-    written: dict[str, Path] = {}
-    for task in sorted({c.task for c in cells}):
-        written[task] = plot_lengths(cells, task, out / f"{task}.png")
-    text = [f"# {title}", "",
-            f"{len(results)} finished runs under `{results_dir}`. Entry: **best** score over learning rates and "
-            "seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). Score: "
-            "scaled accuracy `(acc - 1/|Y|)/(1 - 1/|Y|)` over the test lengths (sequence accuracy for tasks "
-            "with a target at every token).", "", markdown_table(cells)]
-    if comparison is not None:
-        text += [f"Beside the published numbers: {PUBLISHED[published]['source']}.", "", comparison]
-    for task in sorted(written, key=lambda t: _order(TASK_ORDER, t)):
-        text.append(f"![{task}]({written[task].name})")
-    written["report"] = out / "report.md"
-    atomic_write_text(written["report"], "\n".join(text) + "\n")
-    summary = [{k: v for k, v in vars(c).items() if k != "best_run"} | {"best_run": c.best_run["path"]}
-               for c in cells]
-    written["summary"] = out / "summary.json"
-    atomic_write_text(written["summary"], json.dumps(summary, indent=2) + "\n")
-    return written
+    check_report_destination(out, sorted({c.task for c in cells}), overwrite)
+    return Report(Path(results_dir), out, title, results, cells, published, comparison)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 title: str = "State-tracking results", published: str | None = None,
+                 overwrite: bool = False) -> dict[str, Path]:
+    """``prepare_report(...).write()``: ``report.md`` (headed ``# title``), ``summary.json`` and one
+    ``<task>.png`` per task in ``out_dir``; returns the written paths by name."""
+    return prepare_report(results_dir, out_dir, title, published, overwrite).write()
+
+
+def _group_cells(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """Results by (task, model, range), in the order they come."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["task"], r["model"], r["range"])].append(r)
+    return groups
 
 
 def _order(order: tuple[str, ...], name: str) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
-def _model_key(model: str) -> tuple[int, str]:
-    base = "DeltaProduct" if model.startswith("DeltaProduct") else model  # S4D-<init> labels are listed
-    return (_order(MODEL_ORDER, base)[0], model)
+def _model_key(model: str) -> tuple[int, int, str]:
+    """Rows in the mixer registry's order (baselines, S4D inits, Mamba, delta rule)."""
+    return label_order(model)

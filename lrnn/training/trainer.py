@@ -10,16 +10,22 @@ A run directory holds::
     result.json        the final evaluation; its presence marks the run finished
 
 Every file is written atomically. Resuming loads ``checkpoint.pt`` (model, optimiser, step, the data
-generator's and the global RNG states) and drops log lines past its step, so an interrupted run that
-is resumed ends with bit-identical weights to one that ran straight through (on the same device and
-thread count). The learning rate is a pure function of the step, so there is no scheduler state.
+generator's and the global RNG states, the training seconds so far), drops log lines past its step and
+deletes the temporary files an interrupted write left, so an interrupted run that is resumed ends with
+bit-identical weights to one that ran straight through (on the same device and thread count). The
+learning rate is a pure function of the step, so there is no scheduler state.
+
+``open_run`` does every check of the user's input (the config, the device, the run directory) and
+restores a checkpoint; ``Run.train`` then does the work. ``train`` is the two in one call.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.models import LanguageModel
-from lrnn.atomic import atomic_write, atomic_write_text
+from lrnn.atomic import atomic_write, atomic_write_text, is_temporary, remove_temporaries
+from lrnn.device import resolve_device
 from lrnn.tasks import IGNORE_INDEX, Task, make_task
-from lrnn.training.config import RunConfig
+from lrnn.training.config import RunConfig, config_differences
 from lrnn.training.evaluation import Counts, count_correct, evaluate
 from lrnn.training.optim import learning_rate, make_optimizer, set_learning_rate
 
@@ -38,10 +45,8 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_DIR = "model"
 RESULT_FILE = "result.json"
-
-# Fields that may differ between an interrupted run and its resumption (they do not change the weights).
-_RESUMABLE_CHANGES = ("device", "eval_every", "log_every", "checkpoint_every", "eval_batch_size")
-
+RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, MODEL_DIR, RESULT_FILE)
+"""What ``train`` writes into a run directory (and removes when a run starts over)."""
 
 @dataclass
 class RunOutcome:
@@ -49,6 +54,18 @@ class RunOutcome:
 
     model: LanguageModel
     result: dict
+
+
+@dataclass
+class SavedRun:
+    """What ``load_run`` returns: a run directory's config and model, and which model that is."""
+
+    config: RunConfig
+    model: LanguageModel
+    step: int
+    """Optimiser steps the model has taken (``config.steps`` for a finished run)."""
+    finished: bool
+    """True: the final model (``model/``); False: the last checkpoint of an unfinished run."""
 
 
 def build_model(config: RunConfig, task: Task) -> LanguageModel:
@@ -81,29 +98,120 @@ def make_eval_task(config: RunConfig, task: Task | None = None) -> Task:
     return eval_task
 
 
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``; a clear ValueError for unknown or unavailable devices."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device must be e.g. 'cpu' or 'cuda', got {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
+@dataclass
+class Run:
+    """A run ready to train, made by ``open_run``: the checked config and tasks, the model, optimiser and
+    data generator (restored from the checkpoint when resuming), and where the run stands."""
+
+    config: RunConfig
+    run_dir: Path | None
+    device: torch.device
+    task: Task
+    eval_task: Task
+    model: LanguageModel
+    optimizer: torch.optim.Optimizer | None
+    generator: torch.Generator | None
+    start_step: int
+    """Steps done before this call: the checkpoint's step when resuming, ``config.steps`` when finished."""
+    seconds_before: float
+    """Training seconds of the earlier segments of a resumed run."""
+    result: dict | None
+    """The stored result of a run that was already finished (then there is nothing to train)."""
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def resumed(self) -> bool:
+        return not self.finished and self.start_step > 0
+
+    def train(self, *, quiet: bool = False, stop_at_step: int | None = None,
+              description: str | None = None, compile_backend: str | Callable | None = None) -> RunOutcome:
+        """Train from ``start_step`` to ``config.steps`` (or ``stop_at_step``) and evaluate; a finished run
+        returns its stored result. See ``train`` for the arguments. A call that stops early moves
+        ``start_step`` on, so the next call continues the run."""
+        if self.result is not None:
+            return RunOutcome(self.model, self.result)
+        config, model, optimizer, device = self.config, self.model, self.optimizer, self.device
+        log = _Log(None if self.run_dir is None else self.run_dir / LOG_FILE)
+        end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
+        started = time.perf_counter()
+
+        def seconds() -> float:  # training time over every segment of the run
+            return self.seconds_before + time.perf_counter() - started
+
+        label = description or f"{config.task} {config.model_label} {config.eigenvalue_range}"
+        bar = _progress_bar(config.steps, self.start_step, label, quiet)
+        window_loss, window_counts, window_steps = 0.0, Counts(), 0
+        model.train()
+        forward = model if compile_backend is None else compile_model(model, compile_backend)
+        try:
+            for step in range(self.start_step, end):
+                lr = learning_rate(step, config.steps, config.lr, config.min_lr, config.warmup_fraction)
+                set_learning_rate(optimizer, lr)
+                batch = self.task.sample(config.batch_size, config.train_min, config.train_max,
+                                         self.generator).to(device)
+                inputs, targets = batch.inputs, batch.targets
+                if compile_backend is not None:  # a few padded lengths: a few compiled graphs
+                    inputs, targets = pad_length(inputs, targets, COMPILE_LENGTH_MULTIPLE, self.task.pad_id)
+                loss, logits, grad_norm = training_step(forward, optimizer, inputs, targets, config.grad_clip)
+
+                done = step + 1
+                window_loss += loss.item()
+                window_counts.add(count_correct(logits.detach(), targets))
+                window_steps += 1
+                if done % config.log_every == 0 or done == end:
+                    acc = window_counts.tokens_correct / max(window_counts.tokens_total, 1)
+                    log.write({"kind": "train", "step": done, "loss": window_loss / window_steps, "accuracy": acc,
+                               "lr": lr, "grad_norm": grad_norm, "seconds": seconds()})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{window_loss / window_steps:.4f}", acc=f"{acc:.3f}", refresh=False)
+                    window_loss, window_counts, window_steps = 0.0, Counts(), 0
+                if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+                    log.write({"kind": "eval", "step": done,
+                               **evaluate_run(model, config, device, task=self.eval_task)["overall"]})
+                if self.run_dir is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
+                                                 or done == end):
+                    _save_checkpoint(self.run_dir, config, model, optimizer, self.generator, done, seconds())
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            # No checkpoint on an interrupt: it may land inside optimizer.step(); resume from the last periodic one.
+            if bar is not None:
+                bar.close()
+        train_seconds = seconds()
+        self.start_step, self.seconds_before = end, train_seconds  # a later call continues from here
+        if end < config.steps:
+            return RunOutcome(model, {"finished": False, "step": end})
+
+        evaluation = evaluate_run(model, config, device, task=self.eval_task, quiet=quiet,
+                                  description=f"evaluating {label}")
+        log.write({"kind": "eval", "step": config.steps, **evaluation["overall"]})
+        result = {"finished": True, "config": config.to_dict(), "task": config.task, "eval_task": self.eval_task.name,
+                  "model": config.model_label,
+                  "mixer": config.mixer, "range": config.eigenvalue_range, "seed": config.seed, "lr": config.lr,
+                  "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
+                  "score": evaluation["overall"]["score"], "eval": evaluation}
+        if self.run_dir is not None:
+            model.save_pretrained(self.run_dir / MODEL_DIR)
+            atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+        self.result = result
+        return RunOutcome(model, result)
 
 
-def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool = True, quiet: bool = False,
-          stop_at_step: int | None = None, description: str | None = None) -> RunOutcome:
-    """Train one run and evaluate it; with ``out_dir`` write logs, checkpoints and the result there.
+def open_run(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool = True,
+             force: bool = False) -> Run:
+    """Check ``config`` and ``out_dir`` and make the run ready to train; every user error is raised here.
 
-    Args:
-        config: the run. out_dir: run directory (None: keep nothing on disk).
-        resume: continue from ``out_dir/checkpoint.pt`` if there is one; a finished run (result.json
-            present) is loaded, not retrained. False starts over, overwriting the directory's files.
-        quiet: no progress bar (it is also off when stderr is not a terminal).
-        stop_at_step: stop after this many steps with a checkpoint and no final evaluation (simulates
-            an interruption; the result then has ``"finished": False``).
-        description: progress-bar label (default: the model and range).
+    ValueErrors: an unknown task or device, lengths the task cannot generate, an ``out_dir`` that is a
+    file or holds another run's files, an unreadable checkpoint; constructing the model raises what the
+    mixer rejects. ``out_dir`` (None: keep nothing on disk) is created if missing. If it holds this run
+    (its config.json equals ``config`` in every field that changes the weights), a finished run (with
+    result.json) is loaded, not retrained, and an interrupted one resumes from its checkpoint; with
+    ``resume=False`` the run starts over, its files removed. If it holds anything else, a ValueError
+    refuses it unless ``force``, which removes the files named in ``RUN_FILES`` and starts over.
+    Leftover temporary files of interrupted writes are deleted and config.json is (re)written.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
@@ -117,108 +225,142 @@ def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool 
         raise ValueError(f"task {eval_task.name!r} needs lengths >= {eval_task.min_supported_length}, got "
                          f"eval_min = {config.eval_min}")
     run_dir = None if out_dir is None else Path(out_dir)
-    if run_dir is not None and resume and (run_dir / RESULT_FILE).is_file():
-        return _load_finished(run_dir, config, device)
+    holds_this_run = run_dir is not None and _holds_this_run(run_dir, config, force)
+    if holds_this_run and resume and (run_dir / RESULT_FILE).is_file():
+        return _open_finished(run_dir, config, device, task, eval_task)
 
     model = build_model(config, task).to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas, config.ssm_lr)
     generator = torch.Generator().manual_seed(config.seed)
-    start = 0
+    start, seconds_before = 0, 0.0
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (run_dir / CHECKPOINT_FILE).is_file():
-            start = _load_checkpoint(run_dir, config, model, optimizer, generator)
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config the model rejects leaves no directory
+        for directory in (run_dir, run_dir / MODEL_DIR):
+            remove_temporaries(directory)
+        if holds_this_run and resume and (run_dir / CHECKPOINT_FILE).is_file():
+            start, seconds_before = _load_checkpoint(run_dir, config, model, optimizer, generator)
             _truncate_log(run_dir / LOG_FILE, start)
         else:
-            for stale in (LOG_FILE, CHECKPOINT_FILE, RESULT_FILE):
-                (run_dir / stale).unlink(missing_ok=True)
+            _remove_run_files(run_dir)
         config.save(run_dir / CONFIG_FILE)
-
-    log = _Log(None if run_dir is None else run_dir / LOG_FILE)
-    end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
-    started = time.perf_counter()
-    bar = _progress(config, start, quiet, description)
-    window_loss, window_counts, window_steps = 0.0, Counts(), 0
-    model.train()
-    try:
-        for step in range(start, end):
-            lr = learning_rate(step, config.steps, config.lr, config.min_lr, config.warmup_fraction)
-            set_learning_rate(optimizer, lr)
-            batch = task.sample(config.batch_size, config.train_min, config.train_max, generator).to(device)
-            logits = model(batch.inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _clip(model, config.grad_clip)
-            optimizer.step()
-
-            done = step + 1
-            window_loss += loss.item()
-            window_counts.add(count_correct(logits.detach(), batch.targets))
-            window_steps += 1
-            if done % config.log_every == 0 or done == end:
-                acc = window_counts.tokens_correct / max(window_counts.tokens_total, 1)
-                log.write({"kind": "train", "step": done, "loss": window_loss / window_steps, "accuracy": acc,
-                           "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - started})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{window_loss / window_steps:.4f}", acc=f"{acc:.3f}", refresh=False)
-                window_loss, window_counts, window_steps = 0.0, Counts(), 0
-            if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-                log.write({"kind": "eval", "step": done, **_evaluate(model, eval_task, config, device)["overall"]})
-            if run_dir is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
-                                        or done == end):
-                _save_checkpoint(run_dir, config, model, optimizer, generator, done)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        # No checkpoint on an interrupt: it may land inside optimizer.step(); resume from the last periodic one.
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - started
-    if end < config.steps:
-        return RunOutcome(model, {"finished": False, "step": end})
-
-    evaluation = _evaluate(model, eval_task, config, device)
-    log.write({"kind": "eval", "step": config.steps, **evaluation["overall"]})
-    result = {"finished": True, "config": config.to_dict(), "task": config.task, "eval_task": eval_task.name,
-              "model": config.model_label,
-              "mixer": config.mixer, "range": config.eigenvalue_range, "seed": config.seed, "lr": config.lr,
-              "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": seconds,
-              "score": evaluation["overall"]["score"], "eval": evaluation}
-    if run_dir is not None:
-        model.save_pretrained(run_dir / MODEL_DIR)
-        atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
-    return RunOutcome(model, result)
+    return Run(config, run_dir, device, task, eval_task, model, optimizer, generator, start, seconds_before, None)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, LanguageModel]:
-    """The config and model of a run directory: the final model if finished, else the last checkpoint."""
+def train(config: RunConfig, out_dir: str | Path | None = None, *, resume: bool = True, force: bool = False,
+          quiet: bool = False, stop_at_step: int | None = None, description: str | None = None,
+          compile_backend: str | Callable | None = None) -> RunOutcome:
+    """Train one run and evaluate it; with ``out_dir`` write logs, checkpoints and the result there.
+
+    Args:
+        config: the run. out_dir: run directory (None: keep nothing on disk).
+        resume: continue from ``out_dir/checkpoint.pt`` if there is one; a finished run (result.json
+            present) is loaded, not retrained. False starts over, removing the run's files.
+        force: replace the run files of a directory that holds another run (else a ValueError).
+        quiet: no progress bars (they are also off when stderr is not a terminal).
+        stop_at_step: stop after this many steps with a checkpoint and no final evaluation (simulates
+            an interruption; the result then has ``"finished": False``).
+        description: progress-bar label (default: the model and range).
+        compile_backend: None trains the eager model; a ``torch.compile`` backend ("inductor", the
+            default of ``lrnn train --compile``) trains ``compile_model(model)`` on batches padded to a
+            multiple of ``COMPILE_LENGTH_MULTIPLE`` positions (the loss is unchanged: the models are
+            causal and padded targets are ignored). Evaluation stays eager.
+
+    ``open_run(config, out_dir, resume=..., force=...).train(...)`` in one call: see ``open_run`` for the
+    checks and what happens to an existing directory.
+    """
+    run = open_run(config, out_dir, resume=resume, force=force)
+    return run.train(quiet=quiet, stop_at_step=stop_at_step, description=description,
+                     compile_backend=compile_backend)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> SavedRun:
+    """The config and model of a run directory: the final model if finished, else the last checkpoint's."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     config = RunConfig.load(run_dir / CONFIG_FILE)
     if (run_dir / MODEL_DIR).is_dir():
-        return config, LanguageModel.from_pretrained(run_dir / MODEL_DIR, map_location=device)
+        return SavedRun(config, LanguageModel.from_pretrained(run_dir / MODEL_DIR, map_location=device),
+                        config.steps, finished=True)
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has neither a {MODEL_DIR}/ directory nor a {CHECKPOINT_FILE}")
     model = build_model(config, make_task(config.task))
-    model.load_state_dict(_read_checkpoint(run_dir / CHECKPOINT_FILE)["model"])
-    return config, model.to(device)
+    state = _read_checkpoint(run_dir / CHECKPOINT_FILE)
+    model.load_state_dict(state["model"])
+    return SavedRun(config, model.to(device), int(state["step"]), finished=False)
 
 
-def _evaluate(model: LanguageModel, task: Task, config: RunConfig, device: torch.device) -> dict:
-    return evaluate(model, task, config.eval_min, config.eval_max, config.eval_bins, config.eval_samples,
-                    seed=config.eval_seed, batch_size=config.eval_batch_size, device=device)
+def evaluate_run(model: LanguageModel, config: RunConfig, device: str | torch.device = "cpu", *,
+                 task: Task | None = None, quiet: bool = True, description: str | None = None) -> dict:
+    """``evaluate`` on the test set ``config`` describes (its eval task unless ``task`` is given, its
+    lengths, bins, samples, seed and batch size), with a progress bar unless ``quiet``."""
+    task = make_eval_task(config) if task is None else task
+    bar = _progress_bar(None, 0, description or f"evaluating on {task.name}", quiet, unit="seq")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return evaluate(model, task, config.eval_min, config.eval_max, config.eval_bins, config.eval_samples,
+                        seed=config.eval_seed, batch_size=config.eval_batch_size, device=device,
+                        progress=None if bar is None else progress)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def _clip(model: LanguageModel, max_norm: float) -> float:
+COMPILE_LENGTH_MULTIPLE = 8
+"""``compile_model``'s callers pad batch lengths up to a multiple of this (``pad_length``): mixers with a
+Python loop over time (Mamba's CPU scan, the LSTM) or a chunk count specialise a compiled graph on the
+length, so lengths 3-40 compile 5 graphs instead of 38."""
+
+
+def compile_model(model: torch.nn.Module, backend: str | Callable = "inductor") -> torch.nn.Module:
+    """``torch.compile(model)`` for training: the first batch shape compiles a static graph, the next one a
+    graph with a dynamic length where the mixer allows it (torch's automatic dynamic shapes); mixers that
+    specialise on the length compile once per padded length, so pad with ``pad_length``. ``backend`` is
+    torch.compile's (tests count compilations with a counting backend)."""
+    return torch.compile(model, backend=backend)
+
+
+def pad_length(inputs: torch.Tensor, targets: torch.Tensor, multiple: int,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad inputs [B, T] with ``pad_id`` and targets [B, T] with ``IGNORE_INDEX`` to a multiple of
+    ``multiple`` positions. The models are causal, so the logits and the loss at the real positions do not
+    change (up to float rounding: the chunked ops sum over a longer chunk)."""
+    extra = -inputs.shape[1] % multiple
+    if not extra:
+        return inputs, targets
+    return F.pad(inputs, (0, extra), value=pad_id), F.pad(targets, (0, extra), value=IGNORE_INDEX)
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                  targets: torch.Tensor, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimiser step of ``Run.train`` (and of ``lrnn bench train``, which times it).
+
+    Cross-entropy of ``model(inputs)`` (logits [B, T, C]) against ``targets`` [B, T] (``IGNORE_INDEX`` where
+    unsupervised), backward, the global gradient norm clipped to ``grad_clip`` (0: only measured), then
+    ``optimizer.step()``. ``model`` may be a ``torch.compile``d module. Returns ``(loss, logits, grad_norm)``:
+    the loss and logits of this forward pass and the gradient norm before clipping.
+    """
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = _clip(model, grad_clip)
+    optimizer.step()
+    return loss, logits, grad_norm
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm to ``max_norm`` (0: only measure it); returns the norm before."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     return float(norm)
 
 
-def _progress(config: RunConfig, start: int, quiet: bool, description: str | None):
+def _progress_bar(total: int | None, initial: int, label: str, quiet: bool, unit: str = "it"):
     """A tqdm bar on stderr, or None when quiet, when stderr is not a terminal, or without tqdm."""
     if quiet or not sys.stderr.isatty():
         return None
@@ -226,14 +368,76 @@ def _progress(config: RunConfig, start: int, quiet: bool, description: str | Non
         from tqdm import tqdm
     except ImportError:  # the bar is a convenience; training does not need it
         return None
-    label = description or f"{config.task} {config.model_label} {config.eigenvalue_range}"
-    return tqdm(total=config.steps, initial=start, desc=label, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, desc=label, unit=unit, dynamic_ncols=True, leave=False)
+
+
+# ---- run directories -----------------------------------------------------------------------------
+def _holds_this_run(run_dir: Path, config: RunConfig, force: bool) -> bool:
+    """True if ``run_dir`` holds ``config``'s run (its config.json); False if it is missing or empty
+    (temporary files aside), or holds something else and ``force`` is set; else a ValueError refuses it,
+    as it does a ``run_dir`` that is, or lies under, a file."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"the run directory {run_dir} is an existing file; give a directory")
+    blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"cannot create the run directory {run_dir}: {blocker} is a file")
+    if not run_dir.exists():
+        return False
+    contents = sorted(p.name for p in run_dir.iterdir() if not is_temporary(p))
+    if not contents:
+        return False
+    difference = _config_difference(run_dir / CONFIG_FILE, config, contents)
+    if difference is None:
+        return True
+    if not force:
+        raise ValueError(f"{run_dir} holds another run's files ({difference}); choose another directory, or "
+                         f"replace its {', '.join(RUN_FILES)} with --force (force=True)")
+    return False
+
+
+def _config_difference(path: Path, config: RunConfig, contents: list[str]) -> str | None:
+    """None if ``path`` is the config.json of ``config``'s run, else what differs, in words."""
+    if not path.is_file():
+        shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+        return f"no {CONFIG_FILE}, but {shown}"
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{CONFIG_FILE} is not a run config"
+    if not isinstance(saved, dict):
+        return f"{CONFIG_FILE} is not a run config"
+    changed = _changed_fields(saved, config)
+    return f"its {CONFIG_FILE} differs in {changed}" if changed else None
+
+
+def _changed_fields(saved: dict, config: RunConfig) -> list[str]:
+    """The fields in which a saved run config differs from ``config``, ``RESULT_NEUTRAL_FIELDS`` aside."""
+    # A field missing from ``saved`` was added after the run was written: it counts as its default.
+    return sorted(config_differences({**RunConfig().to_dict(), **saved}, config.to_dict()))
+
+
+def _remove_run_files(run_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    """Delete what ``train`` writes into ``run_dir`` (``names``: ``RUN_FILES``; lrnn pretrain's own); other files stay."""
+    for name in names:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _open_finished(run_dir: Path, config: RunConfig, device: torch.device, task: Task, eval_task: Task) -> Run:
+    result = json.loads((run_dir / RESULT_FILE).read_text())
+    _check_same_run(result.get("config", {}), config, run_dir / RESULT_FILE)
+    saved = load_run(run_dir, device)
+    return Run(config, run_dir, device, task, eval_task, saved.model, None, None, config.steps,
+               float(result.get("train_seconds", 0.0)), result)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 def _save_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, step: int) -> None:
-    state = {"step": step, "config": json.dumps(config.to_dict(), sort_keys=True),
+                     generator: torch.Generator, step: int, train_seconds: float) -> None:
+    state = {"step": step, "config": json.dumps(config.to_dict(), sort_keys=True), "train_seconds": train_seconds,
              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "data_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -249,8 +453,8 @@ def _read_checkpoint(path: Path) -> dict:
 
 
 def _load_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator) -> int:
-    """Restore model, optimiser and RNG states; returns the number of steps already done."""
+                     generator: torch.Generator) -> tuple[int, float]:
+    """Restore model, optimiser and RNG states; returns the steps already done and the seconds they took."""
     state = _read_checkpoint(run_dir / CHECKPOINT_FILE)
     _check_same_run(json.loads(state["config"]), config, run_dir / CHECKPOINT_FILE)
     model.load_state_dict(state["model"])
@@ -259,25 +463,15 @@ def _load_checkpoint(run_dir: Path, config: RunConfig, model: LanguageModel, opt
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("train_seconds", 0.0))  # checkpoints before train_seconds: 0
 
 
 def _check_same_run(saved: dict, config: RunConfig, source: Path) -> None:
     """Refuse to continue (or reuse) a run written by a config that differs in a field that matters."""
-    current = config.to_dict()
-    # A field missing from ``saved`` was added after the run was written: it counts as its default.
-    defaults = RunConfig().to_dict()
-    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
+    changed = _changed_fields(saved, config)
     if changed:
         raise ValueError(f"{source} was written by a different run config (fields {changed} differ); "
                          f"pass a new output directory or start over without resuming")
-
-
-def _load_finished(run_dir: Path, config: RunConfig, device: torch.device) -> RunOutcome:
-    result = json.loads((run_dir / RESULT_FILE).read_text())
-    _check_same_run(result.get("config", {}), config, run_dir / RESULT_FILE)
-    _, model = load_run(run_dir, device)
-    return RunOutcome(model, result)
 
 
 # ---- logs ----------------------------------------------------------------------------------------

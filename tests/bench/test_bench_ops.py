@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lrnn.bench import main
+from lrnn.bench.ops import Settings, add_arguments, bench_case, settings_from_args
+from lrnn.bench.ops import main as ops_main
+from lrnn.bench.report import render
+from lrnn.bench.timing import DISTURBED, disturbance
 from lrnn.bench.cases import decay_recurrence_flops, default_cases, delta_rule_flops, quick_cases
 
 CASES = [case.name for case in quick_cases()]
 RESULT_KEYS = {"case", "op", "shape", "shape_label", "mode", "pass", "flops", "skipped", "times_s", "median_s",
-               "gflops", "fraction_of_matmul", "estimated_peak_bytes", "budget_bytes", "measured_peak_bytes"}
+               "gflops", "fraction_of_matmul", "estimated_peak_bytes", "budget_bytes", "measured_peak_bytes",
+               "probe_gflops", "disturbed"}
 
 
 def test_flop_counts_match_the_documented_formulas():
@@ -42,6 +49,9 @@ def test_quick_in_process_covers_every_case_mode_and_pass(tmp_path: Path, capsys
         assert set(row) == RESULT_KEYS
         assert row["skipped"] is None and row["median_s"] > 0 and row["gflops"] > 0
         assert row["fraction_of_matmul"] == pytest.approx(row["gflops"] / report["matmul"]["gflops"])
+        before, after = row["probe_gflops"]  # the matmul probe ran on both sides of every timing
+        assert before > 0 and after > 0 and max(before, after) <= report["matmul"]["probe_best_gflops"]
+        assert row["disturbed"] is None or row["disturbed"].startswith(DISTURBED)
     for (case, mode, pass_), row in rows.items():
         if pass_ == "fwd+bwd":  # forward+backward is counted as 3x forward
             assert row["flops"] == 3 * rows[(case, mode, "fwd")]["flops"]
@@ -87,3 +97,96 @@ def test_unknown_op_is_a_usage_error(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
         main(["ops", "--quick", "--ops", "nope"])
     assert exit_info.value.code == 2 and "unknown op or case name" in capsys.readouterr().err
+
+
+# ---- disturbed measurements and --threads (logic and plumbing only: no timing is asserted) ----------
+
+
+def test_disturbance_flags_a_slowed_machine_and_unstable_repeats():
+    steady = [0.10, 0.11, 0.12]
+    assert disturbance(steady, probe_before=100.0, probe_after=95.0, probe_best=100.0) is None
+    # The probe after the measurement ran 5x slower than the run's best: the machine was busy.
+    verdict = disturbance(steady, probe_before=100.0, probe_after=20.0, probe_best=100.0)
+    assert verdict.startswith(DISTURBED) and "20% of the run's best" in verdict
+    # ... or before it; the best may come from another measurement's probe.
+    assert disturbance(steady, probe_before=30.0, probe_after=150.0, probe_best=150.0).startswith(DISTURBED)
+    # Repeats whose median is 9x the fastest are flagged even when the probes look fine ...
+    verdict = disturbance([0.1, 1.0, 0.9], 100.0, 100.0, 100.0)
+    assert verdict.startswith(DISTURBED) and "median of 3 repeats took 9.0x the fastest" in verdict
+    # ... but one preempted repeat is not: the reported median absorbs it.
+    assert disturbance([0.1, 0.1, 5.0], 100.0, 100.0, 100.0) is None
+    # The limits are inclusive: exactly at them is still undisturbed.
+    assert disturbance([1.0, 3.0, 5.0], 50.0, 50.0, 100.0, max_slowdown=2.0, max_spread=3.0) is None
+    assert disturbance([0.1], 100.0, 100.0, 100.0) is None  # one repeat: no spread to judge
+
+
+@pytest.mark.parametrize("args,named", [(([], 1.0, 1.0, 1.0), "times"), (([0.1, 0.0], 1.0, 1.0, 1.0), "times"),
+                                        (([0.1], 0.0, 1.0, 1.0), "probe_before"),
+                                        (([0.1], 1.0, 1.0, float("nan")), "probe_best")])
+def test_disturbance_rejects_impossible_inputs(args, named):
+    with pytest.raises(ValueError, match=named):
+        disturbance(*args)
+
+
+class _FallingProbe:
+    """A stand-in for ``MatmulProbe`` whose rate drops 5x from its third call on (no matmul is run)."""
+
+    def __init__(self):
+        self.calls, self.best = 0, 0.0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        rate = 100.0 if self.calls <= 2 else 20.0
+        self.best = max(self.best, rate)
+        return rate
+
+
+def _settings(*argv: str) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return settings_from_args(parser.parse_args(["--quick", "--no-memory", *argv]))
+
+
+def test_bench_case_flags_the_rows_whose_probe_fell():
+    s = _settings("--ops", "delta", "--modes", "chunk", "recurrent", "--max-memory-gb", "1e-6")
+    (case,) = s.cases
+    probe = _FallingProbe()
+    rows = bench_case(case, s, 100.0, {}, probe, log=lambda _: None)
+    by_key = {(r["mode"], r["pass"]): r for r in rows}
+    # Probes: before the case, after chunk fwd (both 100), after recurrent fwd (20); fwd+bwd is skipped.
+    assert probe.calls == 3
+    assert by_key[("chunk", "fwd")]["probe_gflops"] == [100.0, 100.0]
+    assert by_key[("chunk", "fwd")]["disturbed"] is None
+    assert by_key[("recurrent", "fwd")]["probe_gflops"] == [100.0, 20.0]
+    assert by_key[("recurrent", "fwd")]["disturbed"].startswith(DISTURBED)
+    assert all(by_key[(m, "fwd+bwd")]["probe_gflops"] is None and by_key[(m, "fwd+bwd")]["disturbed"] is None
+               for m in ("chunk", "recurrent"))
+
+
+def test_threads_default_to_one_on_the_cpu_and_are_restored(tmp_path: Path):
+    assert _settings().threads == 1
+    assert _settings("--threads", "3").threads == 3
+    with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
+        _settings("--threads", "0")
+    before = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    threads = 2 if before == 1 else 1  # differs from the current count, so the run must set it
+    assert ops_main(["--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk", "--threads",
+                 str(threads), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["threads"] == threads and report["machine"]["torch_threads"] == threads
+    assert torch.get_num_threads() == before
+
+
+def test_report_shows_disturbed_rows_and_their_evidence(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    ops_main(["--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk", "--json", str(out)])
+    report = json.loads(out.read_text())
+    fwd = next(r for r in report["results"] if r["pass"] == "fwd")
+    fwd["disturbed"] = f"{DISTURBED} (matmul probe beside it at 20% of the run's best)"
+    text = render(report, markdown=True)
+    assert "| disturbed |" in text and text.count("| yes |") == 1
+    assert "Disturbed measurements (1 of 2)" in text and f"- short_conv chunk fwd: {fwd['disturbed']}" in text
+    for row in report["results"]:
+        row["disturbed"] = None
+    assert "Disturbed measurements" not in render(report, markdown=True)

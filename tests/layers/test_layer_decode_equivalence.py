@@ -114,6 +114,13 @@ def test_mamba_scans_step_by_step_on_cpu_by_default(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mamba_module, "decay_recurrence", spy)
+    real_scan = mamba_module.selective_scan  # the recurrent scan as one autograd function
+
+    def spy_scan(*args, **kwargs):
+        modes.append("recurrent")
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", spy_scan)
     x = random_hidden(2, 11, F32)
     layer = mamba_module.Mamba(x.shape[-1], d_state=4, negative_eigenvalues=True)
     layer(x)

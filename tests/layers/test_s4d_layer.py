@@ -1,24 +1,23 @@
-"""The S4D mixer and its inits (``lrnn.layers.s4d``, ``lrnn.layers.hippo``).
+"""The S4D mixer (``lrnn.layers.s4d``); its eigenvalue inits are tested in tests/ops/test_hippo.py.
 
 The shared mixer suites (decode equivalence, gradients, checkpoints) run S4D through the variant tables;
-this file checks what is specific to it: FFT vs recurrence for every init and discretisation, the init
-formulas, the LegS and PTD spectra against matrices built here with numpy, the PTD cache, the
-bidirectional mode, the optimiser groups and the argument checks.
+this file checks what is specific to it: FFT vs recurrence for every init and discretisation, that the
+layer holds its init's eigenvalues, the PTD cache location, the bidirectional mode, the optimiser groups
+and the argument checks.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-import lrnn.layers.hippo as hippo
+import lrnn.ops.hippo as hippo
 from layer_testkit import F64, assert_close, rel_err, single_threaded
 from lrnn.layers import Cache, S4D, s4d_param_groups
-from lrnn.layers.hippo import INITS, ptd_legs, s4d_eigenvalues
+from lrnn.ops import S4D_INITS, s4d_eigenvalues
 
 pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
 
@@ -44,30 +43,11 @@ def hidden(b, t, d=6, seed=1):
     return torch.randn(b, t, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
-def numpy_legs(N: int) -> tuple[np.ndarray, np.ndarray]:
-    """HiPPO-LegS A and its normal part A + P P^T, written out from the formulas independently."""
-    A = np.zeros((N, N))
-    for n in range(N):
-        for k in range(N):
-            if n > k:
-                A[n, k] = -math.sqrt(2 * n + 1) * math.sqrt(2 * k + 1)
-            elif n == k:
-                A[n, k] = -(n + 1)
-    P = np.sqrt(np.arange(N) + 0.5)
-    return A, A + np.outer(P, P)
-
-
-def numpy_kappa(M: np.ndarray) -> tuple[float, np.ndarray]:
-    w, V = np.linalg.eig(M)
-    V = V / np.linalg.norm(V, axis=0)
-    return float(np.linalg.cond(V)), w
-
-
 # ---- the two computation modes -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("disc", ["zoh", "bilinear"])
-@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("init", S4D_INITS)
 def test_fft_and_recurrence_agree_for_every_init(init, disc):
     """FFT (chunk) vs recurrent outputs, prefill + continuation and token-by-token decoding agree to
     1e-10 in float64 (batch 3, odd length 23), final states included."""
@@ -103,81 +83,14 @@ def test_kernel_matches_impulse_response():
 # ---- inits ---------------------------------------------------------------------------------------
 
 
-def test_lin_inv_real_equal_their_formulas_and_reach_the_layer():
-    """S4D-Lin ``-1/2 + i pi n``, S4D-Inv ``-1/2 + i (N/pi)(N/(2n+1) - 1)``, S4D-Real ``-(n+1)``; the layer's
-    A (every channel) holds them (float32 parameters)."""
+@pytest.mark.parametrize("init", S4D_INITS)
+def test_the_layer_holds_its_init_eigenvalues(init):
+    """The layer's A (every channel) holds ``s4d_eigenvalues(init, N)`` (float32 parameters)."""
     N = 16
-    n = np.arange(N // 2)
-    expected = {"lin": -0.5 + 1j * np.pi * n, "inv": -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1),
-                "real": -(n + 1.0) + 0j}
-    for init, values in expected.items():
-        np.testing.assert_allclose(s4d_eigenvalues(init, N).numpy(), values, rtol=1e-14, atol=0)
-        layer = S4D(4, N, init=init)
-        A, _, _, _ = layer.ssm_parameters()
-        np.testing.assert_allclose(A.detach().numpy(), np.tile(values, (4, 1)), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("N", [8, 16, 64])
-def test_legs_init_is_the_spectrum_of_the_normal_part_of_hippo_legs(N):
-    """S4D-LegS == the eigenvalues (Im > 0) of A + P P^T built here, by numpy's general eigensolver; all
-    of them have real part -1/2 (the normal part is -I/2 plus a skew-symmetric matrix)."""
-    _, normal = numpy_legs(N)
-    w = np.linalg.eigvals(normal)
-    upper = np.sort_complex(w[w.imag > 0])
-    ours = s4d_eigenvalues("legs", N).numpy()
-    assert ours.shape == (N // 2,) and upper.shape == (N // 2,)
-    np.testing.assert_allclose(np.sort(ours.imag), np.sort(upper.imag), rtol=1e-9)
-    np.testing.assert_allclose(ours.real, -0.5, atol=1e-12)
-    np.testing.assert_allclose(upper.real, -0.5, atol=1e-8)
-
-
-@pytest.mark.parametrize("N", [16, 32, 64])
-def test_ptd_lowers_the_eigenvector_condition_number_by_orders_of_magnitude(N):
-    """Diagonalising HiPPO-LegS directly gives an eigenvector matrix with kappa >= 1e10 (numerically
-    singular for N >= 32); after PTD it is below 1e3, at least 1e7 times smaller, with
-    ``||E||_F / ||A||_F`` in the documented range [1e-3, 0.2] and a stable spectrum. Both condition
-    numbers and the spectrum are re-measured here with numpy from the returned E."""
-    A, _ = numpy_legs(N)
-    result = ptd_legs(N)
-    E = result.perturbation.numpy()
-    kappa_direct, _ = numpy_kappa(A)
-    kappa_ptd, w = numpy_kappa(A + E)
-    assert kappa_direct >= 1e10
-    assert kappa_ptd <= 1e3 and kappa_direct / kappa_ptd >= 1e7, (kappa_direct, kappa_ptd)
-    assert math.isclose(kappa_ptd, result.condition_number, rel_tol=1e-3)
-    ratio = np.linalg.norm(E) / np.linalg.norm(A)
-    assert 1e-3 <= ratio <= 0.2 and math.isclose(ratio, result.perturbation_ratio, rel_tol=1e-9)
-    assert w.real.max() < 0
-    # The init is one eigenvalue per conjugate pair of A + E.
-    eig = result.eigenvalues.numpy()
-    assert eig.shape == (N // 2,) and (eig.imag >= 0).all()
-    pairs = np.sort_complex(w[w.imag > 0])
-    np.testing.assert_allclose(np.sort_complex(eig[eig.imag > 0]), pairs, rtol=1e-8)
-    assert (eig.imag == 0).sum() * 2 == (w.imag == 0).sum()
-
-
-def test_ptd_cache_is_written_atomically_and_read_back(tmp_path, monkeypatch):
-    """The first call optimises and writes one JSON file (no temporary left); a fresh process (empty
-    memory cache) reads it instead of optimising; a corrupt file is recomputed and rewritten."""
-    first = ptd_legs(16, gamma=0.5, cache_dir=tmp_path)
-    files = sorted(p.name for p in (tmp_path / "ptd").iterdir())
-    assert len(files) == 1 and files[0].endswith(".json") and not files[0].startswith(".")
-    monkeypatch.setattr(hippo, "_PTD_MEMORY", {})
-
-    def no_optimising(*args):
-        raise AssertionError("recomputed although the cache file exists")
-
-    with monkeypatch.context() as m:
-        m.setattr(hippo, "_optimise_ptd", no_optimising)
-        again = ptd_legs(16, gamma=0.5, cache_dir=tmp_path)
-    assert torch.equal(again.eigenvalues, first.eigenvalues)
-    assert torch.equal(again.perturbation, first.perturbation)
-    path = tmp_path / "ptd" / files[0]
-    path.write_text("{not json")
-    monkeypatch.setattr(hippo, "_PTD_MEMORY", {})
-    recomputed = ptd_legs(16, gamma=0.5, cache_dir=tmp_path)
-    assert torch.equal(recomputed.eigenvalues, first.eigenvalues)  # deterministic optimisation
-    assert json.loads(path.read_text())["N"] == 16
+    values = s4d_eigenvalues(init, N).numpy()
+    layer = S4D(4, N, init=init)
+    A, _, _, _ = layer.ssm_parameters()
+    np.testing.assert_allclose(A.detach().numpy(), np.tile(values, (4, 1)), rtol=1e-6, atol=1e-6)
 
 
 def test_ptd_layer_uses_the_default_cache_dir_from_the_environment(tmp_path):
@@ -266,21 +179,14 @@ def test_param_groups_give_a_b_dt_their_own_lr_and_no_weight_decay():
     (dict(discretization="euler"), ValueError, "discretization"),
     (dict(dt_min=0.1, dt_max=0.01), ValueError, "dt_min"),
     (dict(bidirectional="yes"), TypeError, "bidirectional"),
+    (dict(dt_min=True), TypeError, "dt_min"),
     (dict(dropout=1.5), ValueError, "dropout"),
+    (dict(dropout="0.1"), TypeError, "dropout"),
     (dict(d_model=0), ValueError, "d_model"),
-], ids=["odd-state", "zero-state", "float-state", "init", "discretization", "dt-range", "bidirectional",
-        "dropout", "d_model"])
+], ids=["odd-state", "zero-state", "float-state", "init", "discretization", "dt-range", "dt-bool", "bidirectional",
+        "dropout", "dropout-str", "d_model"])
 def test_bad_arguments_raise_clear_errors(kwargs, error, named):
     args = dict(d_model=8, d_state=8)
     args.update(kwargs)
     with pytest.raises(error, match=named):
         S4D(**args)
-
-
-def test_bad_ptd_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="gamma"):
-        ptd_legs(16, gamma=-1.0)
-    with pytest.raises(ValueError, match="d_state"):
-        ptd_legs(15)
-    with pytest.raises(ValueError, match="init"):
-        s4d_eigenvalues("s4", 16)

@@ -21,24 +21,18 @@ TOL = {F64: 1e-10, F32: 1e-4}
 VOCAB = 40
 D_MODEL = 16
 
-# Small constructor arguments for every mixer (chunk sizes below the test lengths: several chunks).
-TINY_MIXER_KWARGS = {
-    "mamba": {"d_state": 4, "chunk_size": 8},
-    "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
-    "deltanet": {"num_heads": 2, "chunk_size": 8},
-    "gated_deltanet": {"num_heads": 2, "chunk_size": 8},
-    "deltaproduct": {"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
-    "attention": {"num_heads": 2},
-    "lstm": {},
-    "s4d": {"d_state": 8},
-}
+# Small constructor arguments for every mixer (its registry entry's ``small``: chunk sizes below the
+# test lengths, so sequences span several chunks).
+TINY_MIXER_KWARGS = {name: dict(spec.small) for name, spec in MIXERS.items()}
 ALL_MIXERS = sorted(MIXERS)
 
 
 def tiny_config(mixer="mamba2", n_layers=2, **overrides) -> ModelConfig:
     """A 16-wide config with a small MLP and tiny mixers; ``overrides`` replace any field."""
+    names = [mixer] if isinstance(mixer, str) else list(mixer)
     fields = dict(vocab_size=VOCAB, d_model=D_MODEL, n_layers=n_layers, mixer=mixer, d_intermediate=32,
-                  negative_eigenvalues=True, mixer_kwargs={k: dict(v) for k, v in TINY_MIXER_KWARGS.items()})
+                  negative_eigenvalues=any(is_recurrent(n) for n in names),  # [-1, 1] wherever there is a switch
+                  mixer_kwargs={k: dict(v) for k, v in TINY_MIXER_KWARGS.items()})
     fields.update(overrides)
     return ModelConfig(**fields)
 

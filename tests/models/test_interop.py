@@ -395,3 +395,132 @@ def test_sharded_safetensors_checkpoint_loads(tmp_path):
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
         load(tmp_path)
+
+
+# ---- dtypes -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["lrnn", "mamba_ssm", "hf"])
+def test_load_keeps_the_stored_dtype_unless_asked(tmp_path, fmt):
+    """A float64 checkpoint of any format loads as float64, bit for bit; ``dtype=`` converts."""
+    model = make("mamba2-ngroups2-untied").double()
+    save_model(model, tmp_path, fmt)
+    loaded = load(tmp_path).model
+    for name, tensor in model.state_dict().items():
+        assert loaded.state_dict()[name].dtype == torch.float64 and torch.equal(loaded.state_dict()[name], tensor), name
+    for dtype in (torch.float32, torch.bfloat16):
+        assert {t.dtype for t in load(tmp_path, dtype=dtype).model.state_dict().values()} == {dtype}
+    with pytest.raises(TypeError, match="dtype"):
+        load(tmp_path, dtype="float16")
+
+
+# ---- import -> export -> import keeps every field the importer reads --------------------------------------
+class RecordingDict(dict):
+    """A config dict that records the key paths an importer reads (``get``, ``[]``, ``in``); nested dicts
+    (mamba_ssm's ``ssm_cfg``) record under ``outer.inner``."""
+
+    def __init__(self, data, reads: set, prefix: str = "") -> None:
+        super().__init__(data)
+        self.reads, self.prefix = reads, prefix
+
+    def _seen(self, key, value):
+        self.reads.add(self.prefix + key)
+        return RecordingDict(value, self.reads, f"{self.prefix}{key}.") if isinstance(value, dict) else value
+
+    def get(self, key, default=None):
+        return self._seen(key, super().get(key, default))
+
+    def __getitem__(self, key):
+        return self._seen(key, super().__getitem__(key))
+
+    def __contains__(self, key):
+        self.reads.add(self.prefix + key)
+        return super().__contains__(key)
+
+
+def _at(config: dict, path: str):
+    for key in path.split("."):
+        config = config.get(key, "<absent>") if isinstance(config, dict) else "<absent>"
+    return config
+
+
+TOKENS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}  # HF's defaults are 0 / 2 / 1
+FLA_COMMON = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_heads=2, norm_eps=1e-5,
+                  intermediate_size=32, hidden_act="swish", attn=None, conv_bias=False, **TOKENS)
+# Peer configs with a non-default value for every option each importer maps.
+PEER_CONFIGS = {
+    "hf-mamba2": ("hf", {"model_type": "mamba2", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 2,
+                         "state_size": 8, "expand": 2, "conv_kernel": 3, "n_groups": 2, "num_heads": 4, "head_dim": 8,
+                         "use_bias": True, "use_conv_bias": False, "time_step_limit": [0.01, 0.5],
+                         "layer_norm_epsilon": 1e-6, "tie_word_embeddings": True, "hidden_act": "silu",
+                         "chunk_size": 32, **TOKENS}),
+    "hf-mamba": ("hf", {"model_type": "mamba", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 2,
+                        "state_size": 4, "expand": 2, "conv_kernel": 3, "time_step_rank": 3, "use_bias": True,
+                        "use_conv_bias": False, "layer_norm_epsilon": 1e-6, "tie_word_embeddings": False,
+                        "hidden_act": "silu", **TOKENS, "eos_token_id": [0, 5]}),
+    "mamba_ssm-mamba2": ("mamba_ssm", {"d_model": 16, "d_intermediate": 128, "n_layer": 2, "vocab_size": VOCAB,
+                                       "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "d_conv": 3, "expand": 2,
+                                                   "headdim": 8, "ngroups": 2, "D_has_hdim": True, "rmsnorm": True,
+                                                   "norm_before_gate": True, "dt_limit": [0.01, 0.5], "bias": True,
+                                                   "conv_bias": False, "chunk_size": 32},
+                                       "attn_layer_idx": [], "rms_norm": True, "pad_vocab_size_multiple": 8,
+                                       "tie_embeddings": False}),
+    "mamba_ssm-mamba1": ("mamba_ssm", {"d_model": 16, "d_intermediate": 0, "n_layer": 2, "vocab_size": VOCAB,
+                                       "ssm_cfg": {"layer": "Mamba1", "d_state": 4, "d_conv": 3, "expand": 2,
+                                                   "dt_rank": 3, "bias": True, "conv_bias": False},
+                                       "rms_norm": True, "pad_vocab_size_multiple": 1, "tie_embeddings": True}),
+    "fla-delta_net": ("fla", {"model_type": "delta_net", **FLA_COMMON, "expand_k": 1.0, "expand_v": 2.0,
+                              "use_short_conv": True, "conv_size": 3, "use_gate": True, "use_beta": True,
+                              "use_output_norm": True, "qk_norm": "l2", "qk_activation": "silu",
+                              "tie_word_embeddings": True, "allow_neg_eigval": False}),
+    "fla-gated_deltanet": ("fla", {"model_type": "gated_deltanet", **FLA_COMMON, "head_dim": 8, "expand_v": 2.0,
+                                   "use_short_conv": False, "use_gate": False, "tie_word_embeddings": False,
+                                   "allow_neg_eigval": True}),
+    "fla-gated_deltaproduct": ("fla", {"model_type": "gated_deltaproduct", **FLA_COMMON, "head_dim": 8,
+                                       "expand_v": 1.0, "use_short_conv": True, "conv_size": 2,
+                                       "num_householder": 2, "use_forget_gate": True, "use_output_gate": False,
+                                       "tie_word_embeddings": True, "allow_neg_eigval": True}),
+}
+
+
+def _importer(fmt: str, config: dict):
+    from lrnn.models.interop import fla, hf, mamba_ssm
+
+    return {"hf": hf, "fla": fla, "mamba_ssm": mamba_ssm}[fmt]
+
+
+def _write_peer_checkpoint(directory, fmt: str, config: dict) -> None:
+    """``config`` as config.json with random weights of the matching shapes (mamba_ssm: the token ids in
+    generation_config.json, its config has no keys for them)."""
+    module = _importer(fmt, config)
+    torch.manual_seed(0)
+    module.save(LanguageModel(module.to_lrnn_config(config, "test")), directory)
+    (directory / "config.json").write_text(json.dumps(config))
+    if fmt == "mamba_ssm":
+        (directory / "generation_config.json").write_text(json.dumps(TOKENS))
+
+
+@pytest.mark.parametrize("case", list(PEER_CONFIGS))
+def test_export_carries_every_field_the_importer_reads(tmp_path, case):
+    """peer -> lrnn -> peer -> lrnn: the second import equals the first (config, token ids, outputs), and
+    every key the importer read from the original config.json has the same value in the exported one
+    (export used to hard-code chunk_size 256 and drop the token ids: eos/pad/bos 0/0/0 came back 2/1/0)."""
+    from lrnn.models import SpecialTokens
+    fmt, original = PEER_CONFIGS[case]
+    _write_peer_checkpoint(tmp_path / "a", fmt, original)
+    first = load(tmp_path / "a")
+    expected_tokens = SpecialTokens.from_dict(original if fmt != "mamba_ssm" else TOKENS, "test")
+    assert first.model.special_tokens == expected_tokens
+    save_model(first.model, tmp_path / "b", fmt)
+    second = load(tmp_path / "b")
+    assert second.model.config == first.model.config
+    assert second.model.special_tokens == expected_tokens
+    ids = random_ids(2, 9, vocab=VOCAB)
+    assert torch.equal(outputs(second.model, ids), outputs(first.model, ids))
+
+    reads: set[str] = set()
+    module = _importer(fmt, original)
+    module.to_lrnn_config(RecordingDict(original, reads), "test")
+    module.special_tokens(RecordingDict(original, reads), tmp_path / "a")
+    exported = json.loads((tmp_path / "b" / "config.json").read_text())
+    read_present = sorted(path for path in reads if _at(original, path) != "<absent>")
+    assert {p: _at(exported, p) for p in read_present} == {p: _at(original, p) for p in read_present}
+    assert len(read_present) >= 10  # the recording saw the importer's reads

@@ -143,3 +143,16 @@ def test_benchmark_twin_holds_the_same_weights():
     ids = prompts(2, 17)
     with torch.no_grad():
         assert relative_error(model(ids), twin(ids).logits) <= LOGIT_TOL
+
+
+def test_hf_special_token_ids_and_chunk_size_survive_a_round_trip(tmp_path):
+    """HF checkpoint with eos/pad/bos = 0/0/0 and chunk_size 32 -> lrnn -> HF: HF reads back 0/0/0 and 32
+    (the export used to drop the ids, so HF's defaults 2/1/0 appeared, and hard-coded chunk_size 256)."""
+    config = transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, expand=2, num_heads=4,
+                                       head_dim=16, n_groups=1, state_size=8, chunk_size=32, bos_token_id=0,
+                                       eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(2)
+    transformers.Mamba2ForCausalLM(config).save_pretrained(tmp_path / "hf")
+    save_model(load(tmp_path / "hf").model, tmp_path / "back", "hf")
+    back = transformers.Mamba2Config.from_pretrained(tmp_path / "back")
+    assert (back.eos_token_id, back.pad_token_id, back.bos_token_id, back.chunk_size) == (0, 0, 0, 32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrnn.layers import LSTM, Attention, DeltaNet, Mamba2
+from lrnn.layers import LSTM, Attention, DeltaNet, GatedDeltaNet, Mamba2
 from model_testkit import (ALL_MIXERS, F32, F64, TOL, assert_close, build_model, random_ids, single_threaded,
                            tiny_config)
 
@@ -41,7 +41,7 @@ def test_hybrid_layouts():
     every = build_model(tiny_config(**HYBRIDS["deltanet+attention_every_2"]))
     assert [type(b.mixer) for b in every.layers] == [DeltaNet, Attention]
     listed = build_model(tiny_config(**HYBRIDS["mamba2,gated_deltanet,attention,lstm"]))
-    assert [type(b.mixer) for b in listed.layers] == [Mamba2, DeltaNet, Attention, LSTM]
+    assert [type(b.mixer) for b in listed.layers] == [Mamba2, GatedDeltaNet, Attention, LSTM]
     assert listed.layers[1].mixer.use_forget_gate
     assert listed.config.layer_mixers() == ["mamba2", "gated_deltanet", "attention", "lstm"]
 

@@ -162,14 +162,16 @@ def test_select_next_respects_top_k_and_top_p():
     assert torch.equal(select_next(logits[:2], SamplingConfig()), torch.tensor([1, 1]))
 
 
-@pytest.mark.parametrize("field,value", [
-    ("temperature", 0.0), ("temperature", -1.0), ("temperature", float("nan")),
-    ("top_p", 0.0), ("top_p", 1.5), ("top_p", -0.2),
-    ("top_k", -1), ("top_k", 2.5), ("max_new_tokens", -1), ("max_new_tokens", 3.0),
+@pytest.mark.parametrize("field,value,error", [
+    ("temperature", 0.0, ValueError), ("temperature", -1.0, ValueError), ("temperature", float("nan"), ValueError),
+    ("top_p", 0.0, ValueError), ("top_p", 1.5, ValueError), ("top_p", -0.2, ValueError),
+    ("top_k", -1, ValueError), ("top_k", 2.5, TypeError), ("max_new_tokens", -1, ValueError),
+    ("max_new_tokens", 3.0, TypeError), ("eos_token_id", -2, ValueError), ("pad_token_id", True, TypeError),
 ])
-def test_sampling_config_rejects_bad_values(field, value):
-    """Out-of-range sampling settings raise a ValueError that names the field."""
-    with pytest.raises(ValueError, match=field):
+def test_sampling_config_rejects_bad_values(field, value, error):
+    """Out-of-range sampling settings raise a ValueError, settings of the wrong kind (a float or a bool for
+    an int) a TypeError; both name the field."""
+    with pytest.raises(error, match=field):
         SamplingConfig(**{field: value})
 
 

@@ -163,3 +163,69 @@ def test_invalid_config_json_raises_value_error_naming_the_file(saved):
     with pytest.raises(ValueError) as info:
         LanguageModel.from_pretrained(saved)
     assert str(path) in str(info.value)
+
+
+# ---- dtypes and special token ids ---------------------------------------------------------------------
+def test_float64_checkpoint_loads_as_float64_bit_for_bit(tmp_path):
+    """from_pretrained keeps the saved dtype (it used to load every tensor as float32: drift ~1e-7)."""
+    model = build_model(tiny_config("mamba2"), torch.float64, embedding_std=0.02)
+    model.save_pretrained(tmp_path)
+    loaded = LanguageModel.from_pretrained(tmp_path).eval()
+    for name, tensor in model.state_dict().items():
+        assert loaded.state_dict()[name].dtype == torch.float64, name
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    ids = random_ids(2, 11)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_from_pretrained_converts_to_the_dtype_asked_for(tmp_path, dtype):
+    model = build_model(tiny_config("deltanet"), torch.float64)
+    model.save_pretrained(tmp_path)
+    loaded = LanguageModel.from_pretrained(tmp_path, dtype=dtype)
+    assert {t.dtype for t in loaded.state_dict().values()} == {dtype}
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor.to(dtype)), name
+    assert loaded.head.weight is loaded.embedding.weight  # still tied after the cast
+
+
+@pytest.mark.parametrize("dtype", ["float32", torch.int64, 32])
+def test_from_pretrained_refuses_a_dtype_that_is_not_a_float_dtype(saved, dtype):
+    with pytest.raises(TypeError, match=r"dtype must be a floating-point torch\.dtype.*got"):
+        LanguageModel.from_pretrained(saved, dtype=dtype)
+
+
+def test_mixed_dtypes_are_kept_per_tensor(tmp_path):
+    """A checkpoint holding float32 and bfloat16 tensors comes back with each tensor's own dtype."""
+    model = build_model(tiny_config("mamba2", tie_embeddings=False), F32)
+    model.head.to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = LanguageModel.from_pretrained(tmp_path)
+    assert loaded.head.weight.dtype == torch.bfloat16 and loaded.embedding.weight.dtype == F32
+    assert torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_special_token_ids_survive_save_and_load(tmp_path):
+    """The ids live in generation_config.json beside the checkpoint; none recorded: no file, and a file left
+    by an earlier save is removed rather than attached to another model."""
+    from lrnn.models import SpecialTokens
+    from lrnn.models.io import GENERATION_CONFIG_NAME
+
+    model = build_model(tiny_config("deltanet"), F32)
+    model.special_tokens = SpecialTokens(bos_token_id=0, eos_token_id=(0, 3), pad_token_id=0)
+    model.save_pretrained(tmp_path)
+    assert LanguageModel.from_pretrained(tmp_path).special_tokens == model.special_tokens
+    build_model(tiny_config("deltanet"), F32).save_pretrained(tmp_path)
+    assert not (tmp_path / GENERATION_CONFIG_NAME).exists()
+    assert LanguageModel.from_pretrained(tmp_path).special_tokens == SpecialTokens()
+
+
+@pytest.mark.parametrize("ids,key", [({"eos_token_id": -1}, "eos_token_id"), ({"bos_token_id": True}, "bos_token_id"),
+                                     ({"pad_token_id": [1, 2]}, "pad_token_id"), ({"eos_token_id": []}, "eos_token_id")])
+def test_bad_special_token_ids_name_the_file_and_key(saved, ids, key):
+    from lrnn.models.io import GENERATION_CONFIG_NAME
+
+    (saved / GENERATION_CONFIG_NAME).write_text(json.dumps(ids))
+    with pytest.raises(ValueError, match=rf"{GENERATION_CONFIG_NAME}.*{key}"):
+        LanguageModel.from_pretrained(saved)

@@ -51,10 +51,12 @@ def test_padded_vocab_and_classifier_heads_keep_their_width():
     assert same_rows(classifier(ids, logits_to_keep=1), classifier(ids)[:, -1:])
 
 
-@pytest.mark.parametrize("bad", [-1, 1.0, True, "1", None])
-def test_bad_logits_to_keep_is_refused(bad):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.0, TypeError), (True, TypeError), ("1", TypeError),
+                                        (None, TypeError)])
+def test_bad_logits_to_keep_is_refused(bad, error):
+    """A negative count is a ValueError, anything but an int a TypeError (as for input_ids)."""
     model = build_model(tiny_config("mamba2"), F64)
-    with pytest.raises(ValueError, match="logits_to_keep"):
+    with pytest.raises(error, match="logits_to_keep"):
         model(random_ids(1, 4), logits_to_keep=bad)
 
 

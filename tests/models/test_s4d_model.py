@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import lrnn.layers.hippo as hippo
+import lrnn.ops.hippo as hippo
 from lrnn.layers import S4D
 from lrnn.models import LanguageModel
 from model_testkit import F32, F64, assert_close, build_model, random_ids, single_threaded, tiny_config
@@ -26,12 +26,16 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def test_config_builds_s4d_without_the_eigenvalue_switch():
-    """``negative_eigenvalues`` is not passed to S4D (an LTI layer has no switch), either setting builds."""
-    for negative in (False, True):
-        config = tiny_config("s4d", negative_eigenvalues=negative)
-        assert "negative_eigenvalues" not in config.mixer_arguments("s4d")
-        model = build_model(config)
-        assert all(isinstance(block.mixer, S4D) for block in model.layers)
+    """``negative_eigenvalues`` is not passed to S4D (an LTI layer has no switch); asking an all-S4D model
+    for [-1, 1] eigenvalues is an error, while a hybrid applies it to its recurrent layers only."""
+    config = tiny_config("s4d", negative_eigenvalues=False)
+    assert "negative_eigenvalues" not in config.mixer_arguments("s4d")
+    model = build_model(config)
+    assert all(isinstance(block.mixer, S4D) for block in model.layers)
+    with pytest.raises(ValueError, match="mixer 's4d' has no eigenvalue switch"):
+        tiny_config("s4d", negative_eigenvalues=True)
+    hybrid = build_model(tiny_config(["s4d", "deltanet"], negative_eigenvalues=True))
+    assert hybrid.layers[1].mixer.negative_eigenvalues and isinstance(hybrid.layers[0].mixer, S4D)
 
 
 @pytest.mark.parametrize("kwargs", [dict(d_state=16, init="ptd", discretization="bilinear"),

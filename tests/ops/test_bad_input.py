@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from lrnn.ops import decay_recurrence, delta_rule, short_conv
+from lrnn.ops import decay_recurrence, decay_step, delta_rule, delta_step, short_conv
 
 from ops_helpers import F32, assert_close, decay_recurrence_inputs, delta_rule_inputs, short_conv_inputs
 
@@ -204,3 +204,83 @@ def test_wider_log_decay_and_beta_dtypes_are_accepted():
             o_f32, _ = op(**high, mode=mode)
             assert o.dtype == torch.bfloat16
             assert_close(o, o_f32, 1e-2, f"{op.__name__} {mode}")
+
+
+# The step ops: one token (time = 1), k, v and beta with n_h sub-steps; no mode or chunk_size.
+def valid_decay_step() -> dict:
+    return decay_recurrence_inputs(B=2, T=1, H=2, K=4, V=3, seed=0, dtype=F32)
+
+
+def valid_delta_step() -> dict:
+    return delta_rule_inputs(B=2, T=1, H=2, K=4, V=3, num_householder=N_H, seed=0, dtype=F32) | {
+        "num_householder": N_H}
+
+
+def expect_step_error(op, valid: dict, error: type[Exception], name: str, change: dict) -> None:
+    args = valid | {n: (v(valid) if callable(v) else v) for n, v in change.items()}
+    with pytest.raises(error, match=rf"\b{re.escape(name)}\b"):
+        op(**args)
+
+
+def two_tokens(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x], dim=1)
+
+
+STEP_COMMON = [
+    case(ValueError, "q", q=lambda a: two_tokens(a["q"])),  # a sequence: the step takes one token
+    case(ValueError, "q", q=lambda a: a["q"][:, :0]),
+    case(ValueError, "q", q=lambda a: a["q"][:, 0]),  # [B, H, K] without the time dim
+    case(TypeError, "q", q=lambda a: a["q"].long()),
+    case(ValueError, "k", k=lambda a: a["k"][..., :3]),
+    case(TypeError, "k", k=lambda a: a["k"].double()),
+    case(ValueError, "v", v=lambda a: a["v"][:1]),
+    case(ValueError, "log_decay", log_decay=lambda a: with_entry(a["log_decay"], 0.01)),
+    case(ValueError, "log_decay", log_decay=lambda a: with_entry(a["log_decay"], math.nan)),
+    case(ValueError, "log_decay", log_decay=lambda a: two_tokens(a["log_decay"])),
+    case(TypeError, "decay_negative", decay_negative=lambda a: a["decay_negative"].float()),
+    case(ValueError, "initial_state", initial_state=lambda a: a["initial_state"].transpose(-1, -2)),
+    case(TypeError, "initial_state", initial_state=lambda a: a["initial_state"].long()),
+    case(TypeError, "scale", scale="0.5"),
+    case(TypeError, "validate", validate=1),
+    case(TypeError, "validate", validate=None),
+]
+
+DECAY_STEP = [
+    case(TypeError, "log_decay", log_decay=None),
+    case(ValueError, "log_decay", log_decay=lambda a: torch.zeros(2, 1, 2, 3)),  # per-channel with K - 1
+]
+
+DELTA_STEP = [
+    case(ValueError, "k", k=lambda a: a["k"][:, :1]),  # one sub-step, but num_householder = 2
+    case(ValueError, "v", v=lambda a: a["v"][:, :1]),
+    case(ValueError, "beta", beta=lambda a: a["beta"][:, :1]),
+    case(ValueError, "beta", beta=lambda a: with_entry(a["beta"], 2.001)),
+    case(ValueError, "beta", beta=lambda a: with_entry(a["beta"], -1e-3)),
+    case(ValueError, "log_decay", log_decay=lambda a: torch.zeros(2, N_H, 2)),  # per sub-step, not per token
+    case(ValueError, "decay_negative", log_decay=None),
+    case(ValueError, "num_householder", num_householder=0),
+    case(TypeError, "num_householder", num_householder=2.0),
+]
+
+
+@pytest.mark.parametrize("error, name, change", STEP_COMMON + DECAY_STEP)
+def test_decay_step_rejects(error, name, change):
+    expect_step_error(decay_step, valid_decay_step(), error, name, change)
+
+
+@pytest.mark.parametrize("error, name, change", STEP_COMMON + DELTA_STEP)
+def test_delta_step_rejects(error, name, change):
+    expect_step_error(delta_step, valid_delta_step(), error, name, change)
+
+
+@pytest.mark.parametrize("op, valid", [(decay_step, valid_decay_step), (delta_step, valid_delta_step)],
+                         ids=["decay_step", "delta_step"])
+def test_valid_step_calls_pass_and_validate_false_skips_the_checks(op, valid):
+    """The base of the step cases is accepted; ``validate=False`` (the documented contract for callers
+    whose inputs are right by construction) lets an out-of-range decay through unchecked."""
+    op(**valid())
+    args = valid()
+    args["log_decay"] = with_entry(args["log_decay"], 0.01)
+    with pytest.raises(ValueError, match=r"\blog_decay\b"):
+        op(**args)
+    op(**args, validate=False)

@@ -163,3 +163,20 @@ def test_sequential_digits_without_sklearn_says_how_to_install(monkeypatch):
     finally:
         monkeypatch.undo()
         digits.load_digits_tensors.cache_clear()
+
+
+def test_sequential_digits_fixed_items_are_every_image_of_the_split_once():
+    """``fixed_items()`` is the whole split in split order (each image once, its label at the last pixel);
+    generated tasks have none. Sampling still draws with replacement, as before."""
+    pytest.importorskip("sklearn")
+    for name in ("sequential_digits_test", "sequential_digits"):
+        task = make_task(name)
+        items = task.fixed_items()
+        count = len(task.labels)
+        assert items.inputs.shape == (count, 64) and (items.lengths == 64).all()
+        assert torch.equal(items.inputs, task.pixels)
+        assert items.targets[:, 63].tolist() == task.labels.tolist()
+        assert (items.targets[:, :63] == IGNORE_INDEX).all()
+    assert len(make_task("sequential_digits_test").fixed_items().lengths) == 359
+    for name in LONG_RANGE + ["parity", "s5"]:
+        assert make_task(name).fixed_items() is None, name

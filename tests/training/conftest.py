@@ -7,6 +7,7 @@ import torch
 
 from lrnn.tasks import TASKS, Task, TaskBatch
 from lrnn.tasks.base import IGNORE_INDEX, padding_mask
+from lrnn.layers import GENERIC_FIELDS, mixer_spec
 from lrnn.training import RunConfig
 
 
@@ -58,6 +59,12 @@ def tiny_config(**changes) -> RunConfig:
     """A run that takes well under a second per few steps on one CPU core."""
     fields = dict(task="parity", mixer="deltanet", n_layers=1, d_model=16, heads=2, steps=8, batch_size=8,
                   train_min=3, train_max=12, eval_min=12, eval_max=20, eval_bins=2, eval_samples=8, log_every=2,
-                  chunk_size=16, lr=3e-3)
+                  chunk_size=16, lr=3e-3, negative_eigenvalues=True)
     fields.update(changes)
+    spec = mixer_spec(fields["mixer"])
+    for name in GENERIC_FIELDS:  # keep only the size fields the mixer takes
+        if name not in spec.fields and name not in changes:
+            fields.pop(name, None)
+    if not spec.eigenvalue_switch and "negative_eigenvalues" not in changes:
+        fields["negative_eigenvalues"] = False
     return RunConfig(**fields)

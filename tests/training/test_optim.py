@@ -86,11 +86,14 @@ def test_without_ssm_lr_the_ssm_parameters_join_the_no_decay_group():
     assert len(parameter_groups(mamba, 0.1, lr=1e-3, ssm_lr=1e-4)) == 2
 
 
-@pytest.mark.parametrize("kwargs, match", [({"ssm_lr": 0.0}, "ssm_lr"), ({"ssm_lr": "1e-3"}, "ssm_lr"),
-                                           ({"weight_decay": -1.0}, "weight_decay"), ({"lr": 0.0}, "lr")])
-def test_parameter_groups_reject_bad_arguments(kwargs, match):
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"ssm_lr": 0.0}, ValueError, "ssm_lr"), ({"ssm_lr": "1e-3"}, TypeError, "ssm_lr"),
+    ({"weight_decay": -1.0}, ValueError, "weight_decay"), ({"lr": 0.0}, ValueError, "lr"),
+    ({"lr": True}, TypeError, "lr")])
+def test_parameter_groups_reject_bad_arguments(kwargs, error, match):
+    """A value out of range is a ValueError, a wrong kind (a string, a bool) a TypeError; both name it."""
     args = {"weight_decay": 0.1, "lr": 1e-3, "ssm_lr": 1e-4} | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         parameter_groups(_s4d_model(), **args)
 
 

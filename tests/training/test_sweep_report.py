@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 from lrnn.training import train
 from lrnn.training.report import (PUBLISHED, cell_statistics, collect_results, markdown_table, median_mad,
-                                   published_table, write_report)
+                                   plot_curves, published_table, write_report)
 from lrnn.training.sweep import SweepSpec, run_sweep
 
 TINY = dict(n_layers=1, d_model=8, heads=2, steps=3, batch_size=4, train_min=3, train_max=8, eval_min=8,
@@ -134,7 +134,7 @@ def test_report_of_single_bin_tasks_draws_bars_and_takes_a_title(tmp_path):
     text = written["report"].read_text()
     assert text.startswith("# S4D inits\n")
     assert "| S4D-Lin | - |" in text and "| S4D-Real | - |" in text
-    assert text.index("| S4D-Lin |") < text.index("| S4D-Real |")  # the init order of MODEL_ORDER
+    assert text.index("| S4D-Lin |") < text.index("| S4D-Real |")  # S4D's init order (its registry entry)
     assert written["parity"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="title"):
         write_report(tmp_path / "runs", tmp_path / "out", title=" ")
@@ -159,3 +159,57 @@ def test_the_cli_lists_every_published_table():
     from lrnn.cli import PUBLISHED_NAMES
 
     assert sorted(PUBLISHED_NAMES) == sorted(PUBLISHED)
+
+
+def test_cells_never_average_runs_of_different_configs():
+    seeds = [_fake_result("parity", "DeltaNet", "[-1, 1]", 1e-3, s, 0.5) for s in range(3)]
+    seeds[1]["config"] = {**seeds[1]["config"], "checkpoint_every": 5}  # bookkeeping: the same experiment
+    seeds[2]["config"] = {**seeds[2]["config"], "d_model": 64}  # before: silently pooled with the others
+    with pytest.raises(ValueError, match=r"1 report cell\(s\) mix runs.*parity / DeltaNet / \[-1, 1\]: "
+                                         r"DeltaNet\[-1, 1\]0.0010 and DeltaNet\[-1, 1\]0.0012 differ in "
+                                         r"d_model '<missing>' vs 64"):
+        cell_statistics(seeds)
+    assert cell_statistics(seeds[:2])[0].runs == 2
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures plot_curves draws, kept open instead of saved (closed after the test)."""
+    import matplotlib.pyplot as plt
+
+    import lrnn.training.report as report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save_png", lambda fig, path: drawn.append(fig))
+    yield drawn
+    for fig in drawn:
+        plt.close(fig)
+
+
+def test_the_plot_keeps_its_legend_off_the_data_and_styles_apart(tmp_path, figures):
+    bins = [{"min_length": 40, "max_length": 60 + 10 * i, "score": 0.1 * i} for i in range(4)]
+    models = ("Mamba", "Mamba-2", "DeltaNet", "Gated DeltaNet", "DeltaProduct n_h=2")
+    curves = [(f"{model} {rng}", rng == "[0, 1]", bins) for model in models for rng in ("[0, 1]", "[-1, 1]")]
+    plot_curves(curves + [("Transformer", False, bins), ("LSTM", False, bins)], tmp_path / "x.png", "t",
+                "scaled accuracy", (3, 40))
+    fig, ax = figures[0], figures[0].axes[0]
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # before: inside, over the curves
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert len({(line.get_color(), line.get_marker()) for line in lines.values()}) == 7  # one look per model
+    negative, positive = lines["Mamba [-1, 1]"], lines["Mamba [0, 1]"]
+    assert (negative.get_color(), negative.get_marker()) == (positive.get_color(), positive.get_marker())
+    assert negative.get_linestyle() == "-" and positive.get_linestyle() != "-"
+    assert positive.get_markerfacecolor() == "white" != negative.get_markerfacecolor()
+    assert negative.get_linewidth() > positive.get_linewidth()
+
+
+def test_curves_of_one_model_at_two_budgets_look_different(tmp_path, figures):
+    bins = [{"min_length": 16, "max_length": 512, "score": 0.5}]
+    labels = ["DeltaProduct n_h=2 [-1, 1], 1000 steps", "DeltaProduct n_h=2 [-1, 1], 2500 steps",
+              "DeltaProduct n_h=2 [0, 1], 1000 steps"]  # as docs/results/words/length_curves.py labels them
+    plot_curves([(label, "[0, 1]" in label, bins) for label in labels], tmp_path / "x.png", "t", "acc", (1, 2))
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    look = {label: (lines[label].get_color(), lines[label].get_marker()) for label in labels}
+    assert look[labels[0]] != look[labels[1]]  # before: one colour for "DeltaProduct n_h=2", both solid
+    assert look[labels[0]] == look[labels[2]]  # the same model at the other range: only the line style differs

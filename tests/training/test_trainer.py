@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lrnn.training import RunConfig, load_run, read_log, train
+from lrnn.device import resolve_device
+from lrnn.training import RunConfig, evaluate, load_run, make_eval_task, open_run, read_log, train
 
 
 def test_loss_goes_down_on_a_toy_task(tmp_path, fake_tasks):
@@ -37,13 +38,14 @@ def test_run_directory_files(tmp_path):
     assert RunConfig.load(tmp_path / "config.json") == config
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 6
-    loaded_config, model = load_run(tmp_path)
+    saved = load_run(tmp_path)
+    assert saved.config == config and saved.finished and saved.step == 6
     for name, tensor in outcome.model.state_dict().items():
-        assert torch.equal(model.state_dict()[name], tensor), name
+        assert torch.equal(saved.model.state_dict()[name], tensor), name
     # A finished run is loaded, not retrained.
     again = train(config, tmp_path, quiet=True)
     assert again.result == result
-    with pytest.raises(ValueError, match="different run config"):
+    with pytest.raises(ValueError, match="another run's files"):
         train(tiny_config(steps=6, eval_every=3, checkpoint_every=3, seed=5), tmp_path, quiet=True)
 
 
@@ -70,8 +72,68 @@ def test_resume_refuses_a_different_config(tmp_path):
     train(tiny_config(steps=4), tmp_path, quiet=True, stop_at_step=2)
     with pytest.raises(ValueError, match="lr"):
         train(tiny_config(steps=4, lr=0.5), tmp_path, quiet=True)
-    # Starting over is allowed.
-    assert train(tiny_config(steps=4, lr=0.5), tmp_path, quiet=True, resume=False).result["finished"]
+    # Starting over does not make the directory this run's: that takes force.
+    with pytest.raises(ValueError, match="another run's files"):
+        train(tiny_config(steps=4, lr=0.5), tmp_path, quiet=True, resume=False)
+    assert train(tiny_config(steps=4, lr=0.5), tmp_path, quiet=True, force=True).result["finished"]
+    assert RunConfig.load(tmp_path / "config.json").lr == 0.5
+
+
+def test_a_directory_of_other_files_is_refused_unless_forced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"another run's files \(no config.json, but notes.txt\)"):
+        train(tiny_config(steps=2), tmp_path, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+    assert train(tiny_config(steps=2), tmp_path, quiet=True, force=True).result["finished"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # force replaces run files only
+    # A run directory that is a file is refused by name.
+    with pytest.raises(ValueError, match="is an existing file"):
+        train(tiny_config(steps=2), tmp_path / "notes.txt", quiet=True)
+
+
+def test_open_run_says_where_the_run_stands(tmp_path):
+    config = tiny_config(steps=4)
+    fresh = open_run(config, tmp_path)
+    assert (fresh.start_step, fresh.resumed, fresh.finished) == (0, False, False)
+    fresh.train(quiet=True, stop_at_step=3)
+    resumed = open_run(config, tmp_path)
+    assert (resumed.start_step, resumed.resumed, resumed.finished) == (3, True, False)
+    unfinished = load_run(tmp_path)  # the checkpoint, and it says so
+    assert (unfinished.finished, unfinished.step) == (False, 3)
+    result = resumed.train(quiet=True).result
+    done = open_run(config, tmp_path)
+    assert (done.start_step, done.resumed, done.finished) == (4, False, True) and done.result == result
+    # Same run, not resumed: started over, its old files gone.
+    restarted = open_run(config, tmp_path, resume=False)
+    assert restarted.start_step == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_resume_removes_orphaned_temporaries_and_counts_every_segment(tmp_path):
+    config = tiny_config(steps=4, log_every=1)
+    train(config, tmp_path, quiet=True, stop_at_step=2)
+    # What a process killed in the middle of atomic writes leaves behind.
+    orphans = [tmp_path / ".checkpoint.pt.k3j2.tmp", tmp_path / ".log.jsonl.x9.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"partial")
+    # Pretend the first segment took 1000 s: the result must count it, not only the last segment.
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert 0 < state["train_seconds"] < 1000
+    state["train_seconds"] = 1000.0
+    torch.save(state, tmp_path / "checkpoint.pt")
+    result = train(config, tmp_path, quiet=True).result
+    assert not any(orphan.exists() for orphan in orphans)
+    assert 1000 < result["train_seconds"] < 1100
+    seconds = [r["seconds"] for r in read_log(tmp_path / "log.jsonl") if r["kind"] == "train"]
+    assert seconds[1] < 1000 < seconds[2] < seconds[3]  # the log's clock runs on across the resumption
+
+
+def test_evaluate_run_reports_progress(tmp_path):
+    config = tiny_config(eval_bins=2, eval_samples=5, eval_batch_size=2)
+    model = train(config, None, quiet=True).model
+    calls = []
+    evaluate(model, make_eval_task(config), config.eval_min, config.eval_max, config.eval_bins,
+             config.eval_samples, batch_size=config.eval_batch_size, progress=lambda *a: calls.append(a))
+    assert calls == [(2, 10), (4, 10), (5, 10), (7, 10), (9, 10), (10, 10)]
 
 
 def test_run_config_json_round_trip(tmp_path):
@@ -102,3 +164,16 @@ def test_unknown_task_and_device_are_user_errors():
         train(tiny_config(task="nope"), None, quiet=True)
     with pytest.raises(ValueError, match="device"):
         train(tiny_config(device="banana"), None, quiet=True)
+
+
+@pytest.mark.parametrize("name, match", [
+    ("banana", "device must be e.g."), ("cuda", "cuda is not available"), ("cuda:1", "cuda is not available"),
+    ("mps", "mps is not available"), ("hpu", "no 'hpu' backend"), ("cpu:3", "index 3 is out of range"),
+])
+def test_resolve_device_names_what_is_missing(name, match, monkeypatch):
+    # As on a CPU-only torch, wherever the test runs (torch.device("cuda") itself succeeds there).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=match):
+        resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")

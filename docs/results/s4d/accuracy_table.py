@@ -11,7 +11,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from lrnn.training.report import MODEL_ORDER, TASK_ORDER
+from lrnn.layers import label_order
+from lrnn.training.report import TASK_ORDER
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/s4d/runs")
 cells = defaultdict(list)
@@ -21,7 +22,7 @@ for path in sorted(root.rglob("result.json")):
         cells[(r["task"], r["model"])].append((r["seed"], r["eval"]["overall"]["accuracy"], r["train_seconds"],
                                                r.get("eval_task", r["task"])))
 tasks = sorted({t for t, _ in cells}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER))
-models = sorted({m for _, m in cells}, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
+models = sorted({m for _, m in cells}, key=label_order)  # the mixer registry's order
 head = "| model |" + "".join(f" {t} accuracy (seeds) | mean | s/run |" for t in tasks)
 print(head)
 print("|---|" + "---|---|---|" * len(tasks))

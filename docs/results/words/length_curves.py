@@ -25,7 +25,8 @@ out, run_dirs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 torch.set_num_threads(2)
 curves = defaultdict(list)
 for run in (r for runs in run_dirs for r in collect_results(runs)):
-    config, model = load_run(run["path"])
+    saved = load_run(run["path"])
+    config, model = saved.config, saved.model
     result = evaluate(model, make_eval_task(config), 16, 512, 8, 128, seed=1234)
     label = f"{config.model_label} {config.eigenvalue_range}, {config.steps} steps"
     curves[config.task].append((label, not config.negative_eigenvalues, result["bins"]))

@@ -18,31 +18,20 @@ from typing import Any, Callable
 import torch
 
 from lrnn.atomic import atomic_write, atomic_write_text
-from lrnn.models.io import save_weights
+from lrnn.models.config import ModelConfig
+from lrnn.models.generation import SpecialTokens
+from lrnn.models.io import CONFIG_NAME, WEIGHTS_NAME, cast_tensors_, read_json, save_weights
 from lrnn.models.lm import LanguageModel
+from lrnn.validation import check_int, check_number
 
-SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_NAME = WEIGHTS_NAME  # the same file name as lrnn's own weights
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAME = "pytorch_model.bin"
-CONFIG_NAME = "config.json"
 
 State = dict[str, torch.Tensor]
 
 
 # ---- reading peer files --------------------------------------------------------------------------
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; a missing file or bad JSON raises an error naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _read_safetensors(path: Path) -> State:
     """Every tensor of one safetensors file, read key by key so a damaged tensor is named."""
     from safetensors import SafetensorError, safe_open
@@ -123,10 +112,17 @@ def get_int(source: str, config: dict[str, Any], option: str, default: Any = Non
     """An integer option (required when ``default`` is None)."""
     if option not in config and default is None:
         raise ValueError(f"{source}: missing config key {option!r}")
-    value = config.get(option, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{source}: config key {option!r} must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(f"{source}: config key {option!r}", config.get(option, default), minimum)
+
+
+def get_positive(source: str, config: dict[str, Any], option: str, default: float) -> float:
+    """A number > 0 (``default`` when absent), e.g. a norm epsilon."""
+    return check_number(f"{source}: config key {option!r}", config.get(option, default), 0, strict=True)
+
+
+def get_bool(source: str, config: dict[str, Any], option: str, default: bool) -> bool:
+    """A true/false option (``default`` when absent)."""
+    return require(source, config, option, lambda v: isinstance(v, bool), default, "must be true or false")
 
 
 def check_known(source: str, config: dict[str, Any], known: set[str], what: str = "config key") -> None:
@@ -160,6 +156,27 @@ def dt_limit_of(source: str, option: str, value: Any) -> tuple[float, float]:
     if not 0.0 <= low < high or math.isnan(high):
         raise ValueError(f"{source}: {option} must satisfy 0 <= low < high, got {value!r}")
     return low, high
+
+
+def config_special_tokens(config: dict[str, Any], directory: Path) -> SpecialTokens:
+    """The bos / eos / pad ids of an HF-style ``config.json`` (HF and fla keep them there)."""
+    return SpecialTokens.from_dict(config, str(directory / CONFIG_NAME))
+
+
+# ---- export checks ---------------------------------------------------------------------------
+def refuse_export(fmt: str, option: str, value: object, why: str) -> ValueError:
+    """The error for an lrnn option format ``fmt`` cannot express (the caller raises it)."""
+    return ValueError(f"export to {fmt}: unsupported option {option}={value!r}: {why}")
+
+
+def single_mixer(model: LanguageModel, allowed: tuple[str, ...], fmt: str) -> str:
+    """The one mixer name every layer uses (refuse hybrids, other mixers and token classifiers)."""
+    names = set(model.config.layer_mixers())
+    if len(names) != 1 or not names <= set(allowed):
+        raise refuse_export(fmt, "mixer", sorted(names), f"the {fmt} format holds one of {list(allowed)} in every layer")
+    if model.config.num_labels is not None:
+        raise refuse_export(fmt, "num_labels", model.config.num_labels, "the format has a language-model head only")
+    return names.pop()
 
 
 # ---- key mapping -----------------------------------------------------------------------------
@@ -202,23 +219,21 @@ class KeyMap:
         return None
 
 
-def expected_state(model: LanguageModel) -> State:
-    """The tensors a checkpoint of ``model`` must provide (a tied head is stored once, as the embedding)."""
-    state = model.state_dict()
-    if model.config.tie_embeddings and model.config.num_labels is None:
-        state.pop("head.weight", None)
-    return state
+def skip_tied_head(config: ModelConfig) -> Callable[[str], bool]:
+    """The ``ignore`` of ``load_peer_state`` for the peers: a tied model's ``lm_head.weight`` (some peers store
+    the embedding again under that name) is skipped."""
+    return lambda key: config.tie_embeddings and key == "lm_head.weight"
 
 
 def load_peer_state(model: LanguageModel, peer: State, keymap: KeyMap, source: Path,
                     ignore: Callable[[str], bool] = lambda key: False) -> dict[str, torch.dtype]:
-    """Rename ``peer`` tensors with ``keymap`` and load them into ``model``.
+    """Rename ``peer`` tensors with ``keymap`` and load them into ``model``, each in its stored dtype.
 
     Unknown, missing and mis-shaped tensors raise a ValueError naming ``source`` and the peer key;
     ``ignore(peer_key)`` marks tensors to skip (e.g. a tied ``lm_head.weight``). Returns the source
-    dtype of every lrnn parameter (so a conversion can keep bfloat16 checkpoints in bfloat16).
+    dtype of every lrnn parameter.
     """
-    expected = expected_state(model)
+    expected = model.checkpoint_state()
     renamed: State = {}
     origin: dict[str, str] = {}
     for key, tensor in peer.items():
@@ -235,14 +250,16 @@ def load_peer_state(model: LanguageModel, peer: State, keymap: KeyMap, source: P
     if missing:
         raise ValueError(f"{source}: missing key {missing[0]!r}"
                          + (f" (and {len(missing) - 1} more: {missing[1:6]})" if len(missing) > 1 else ""))
+    dtypes = {name: t.dtype for name, t in renamed.items()}
+    cast_tensors_(model, dtypes)  # load_state_dict would convert the values to the model's float32
     model.load_state_dict(renamed, strict=False)
-    return {name: t.dtype for name, t in renamed.items()}
+    return dtypes
 
 
 def peer_state(model: LanguageModel, keymap: KeyMap, dtypes: dict[str, torch.dtype] | None = None) -> State:
     """``model``'s tensors under the peer's names (tied head omitted; cast back to ``dtypes`` if given)."""
     out: State = {}
-    for name, tensor in expected_state(model).items():
+    for name, tensor in model.checkpoint_state().items():
         key = keymap.to_peer(name)
         if key is None:
             raise ValueError(f"lrnn parameter {name!r} has no counterpart in this format")

@@ -7,7 +7,8 @@ Format (HF-style, ``model_type`` ``delta_net`` / ``gated_deltanet`` / ``gated_de
 ``model.layers.{i}.mlp_norm.weight``, ``model.layers.{i}.mlp.{gate,up,down}_proj.weight``,
 ``model.norm.weight``, ``lm_head.weight``. fla's negative-eigenvalue flag ``allow_neg_eigval``
 (beta times 2) is lrnn's ``negative_eigenvalues``. fla's SwiGLU MLP ``down(silu(gate x) * up x)`` is
-lrnn's ``fc2(y * silu(g))`` with ``[y, g] = fc1 x``, so ``fc1 = [up; gate]``.
+lrnn's ``fc2(y * silu(g))`` with ``[y, g] = fc1 x``, so ``fc1 = [up; gate]``. The special token ids
+(``bos_token_id``, ``eos_token_id``, ``pad_token_id``) are read from and written to ``config.json``, as in HF.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import torch
 
 from lrnn.layers import DeltaNet
 from lrnn.models.config import ModelConfig
-from lrnn.models.interop.common import (KeyMap, State, get_int, peer_state, require, round_up, write_config,
-                                        write_safetensors)
-from lrnn.models.interop.mamba_ssm import single_mixer
+from lrnn.models.interop.common import config_special_tokens as special_tokens  # HF-style: the ids are in config.json
+from lrnn.models.interop.common import (KeyMap, State, get_bool, get_int, get_positive, peer_state, refuse_export,
+                                        require, round_up, single_mixer, write_config, write_safetensors)
 from lrnn.models.lm import LanguageModel
+
+# The interface every format module offers ``checkpoints`` (plus its own public helpers).
+__all__ = ["NAME", "MODEL_TYPES", "KEYMAP", "is_config", "to_lrnn_config", "special_tokens", "prepare_state",
+           "from_lrnn_config", "split_state", "save"]
 
 NAME = "fla"
 MODEL_TYPES = ("delta_net", "gated_deltanet", "gated_deltaproduct")
@@ -38,10 +43,6 @@ def is_config(config: dict[str, Any]) -> bool:
     return config.get("model_type") in MODEL_TYPES
 
 
-def _flag(source: str, cfg: dict, key: str, default: bool) -> bool:
-    return require(source, cfg, key, lambda v: isinstance(v, bool), default, "must be true or false")
-
-
 def mlp_size(source: str, config: dict[str, Any], hidden: int) -> int:
     """fla's GatedMLP width: ``intermediate_size``, else ``hidden * hidden_ratio * 2/3`` rounded up to 256."""
     if config.get("intermediate_size") is not None:
@@ -52,10 +53,10 @@ def mlp_size(source: str, config: dict[str, Any], hidden: int) -> int:
 
 def _mixer_kwargs(source: str, config: dict[str, Any], model_type: str, hidden: int, eps: float) -> dict[str, Any]:
     """lrnn ``DeltaNet`` arguments of one fla layer type."""
-    use_conv = _flag(source, config, "use_short_conv", True)
+    use_conv = get_bool(source, config, "use_short_conv", True)
     kwargs: dict[str, Any] = {"num_heads": get_int(source, config, "num_heads", 16 if model_type == "delta_net" else 6),
                               "conv_size": get_int(source, config, "conv_size", 4) if use_conv else 0,
-                              "conv_bias": _flag(source, config, "conv_bias", False), "norm_eps": eps}
+                              "conv_bias": get_bool(source, config, "conv_bias", False), "norm_eps": eps}
     heads = kwargs["num_heads"]
     if model_type == "delta_net":
         require(source, config, "qk_activation", lambda v: v == "silu", "silu", "lrnn's DeltaNet uses SiLU on q and k")
@@ -68,18 +69,18 @@ def _mixer_kwargs(source: str, config: dict[str, Any], model_type: str, hidden: 
             raise ValueError(f"{source}: key dim {key_dim} and value dim {value_dim} must be divisible by "
                              f"num_heads = {heads}")
         kwargs.update(head_dim=key_dim // heads, expand_v=(value_dim // heads) / (key_dim // heads),
-                      use_output_gate=_flag(source, config, "use_gate", False))
+                      use_output_gate=get_bool(source, config, "use_gate", False))
         return kwargs
     require(source, config, "num_v_heads", lambda v: v is None or v == heads, None,
             "grouped value heads (num_v_heads > num_heads) are not supported by lrnn's DeltaNet")
     kwargs.update(head_dim=get_int(source, config, "head_dim", 256), expand_v=float(config.get("expand_v", 2.0)))
     if model_type == "gated_deltanet":
-        kwargs.update(use_forget_gate=True, use_output_gate=_flag(source, config, "use_gate", True))
+        kwargs.update(use_forget_gate=True, use_output_gate=get_bool(source, config, "use_gate", True))
     else:
         gate_key = "use_output_gate" if "use_output_gate" in config else "use_gate"
         kwargs.update(num_householder=get_int(source, config, "num_householder", 1),
-                      use_forget_gate=_flag(source, config, "use_forget_gate", False),
-                      use_output_gate=_flag(source, config, gate_key, True))
+                      use_forget_gate=get_bool(source, config, "use_forget_gate", False),
+                      use_output_gate=get_bool(source, config, gate_key, True))
     return kwargs
 
 
@@ -90,15 +91,14 @@ def to_lrnn_config(config: dict[str, Any], source: str) -> ModelConfig:
             "fla's hybrid attention layers (with rotary embeddings) are not mapped to lrnn")
     require(source, config, "hidden_act", lambda v: v in ("swish", "silu"), "swish", "lrnn's MLP is SwiGLU")
     hidden = get_int(source, config, "hidden_size")
-    eps = require(source, config, "norm_eps", lambda v: isinstance(v, (int, float)) and v > 0, 1e-6,
-                  "must be a positive number")
+    eps = get_positive(source, config, "norm_eps", 1e-6)
     mixer = LRNN_MIXER[model_type]
     return ModelConfig(vocab_size=get_int(source, config, "vocab_size"), d_model=hidden,
                        n_layers=get_int(source, config, "num_hidden_layers"), mixer=mixer,
-                       negative_eigenvalues=_flag(source, config, "allow_neg_eigval", False),
+                       negative_eigenvalues=get_bool(source, config, "allow_neg_eigval", False),
                        mixer_kwargs={mixer: _mixer_kwargs(source, config, model_type, hidden, eps)},
                        d_intermediate=mlp_size(source, config, hidden),
-                       tie_embeddings=_flag(source, config, "tie_word_embeddings", False), norm_eps=eps)
+                       tie_embeddings=get_bool(source, config, "tie_word_embeddings", False), norm_eps=eps)
 
 
 def prepare_state(state: State, source: Path) -> State:
@@ -124,32 +124,25 @@ def prepare_state(state: State, source: Path) -> State:
     return out
 
 
-def ignore_key(config: ModelConfig):
-    return lambda key: config.tie_embeddings and key == "lm_head.weight"
-
-
 # ---- export -------------------------------------------------------------------------------------
-def _refuse_export(option: str, value: object, why: str) -> ValueError:
-    return ValueError(f"export to {NAME}: unsupported option {option}={value!r}: {why}")
-
-
 def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
     """fla's ``config.json`` for a DeltaNet-family ``model``."""
     single_mixer(model, ("deltanet", "gated_deltanet", "deltaproduct"), NAME)
     config = model.config
     mixer: DeltaNet = model.layers[0].mixer
     if not config.d_intermediate:
-        raise _refuse_export("d_intermediate", 0, "every fla block has a SwiGLU MLP")
+        raise refuse_export(NAME, "d_intermediate", 0, "every fla block has a SwiGLU MLP")
     if mixer.use_short_conv and mixer.q_conv1d.bias is not None:
-        raise _refuse_export("conv_bias", True, "fla's model configs build short convs without bias")
+        raise refuse_export(NAME, "conv_bias", True, "fla's model configs build short convs without bias")
     if mixer.o_norm.eps != config.norm_eps:
-        raise _refuse_export("norm_eps", mixer.o_norm.eps, f"fla uses norm_eps ({config.norm_eps}) for o_norm too")
+        raise refuse_export(NAME, "norm_eps", mixer.o_norm.eps, f"fla uses norm_eps ({config.norm_eps}) for o_norm too")
     common = {"vocab_size": config.padded_vocab_size, "hidden_size": config.d_model,
               "num_hidden_layers": config.n_layers, "norm_eps": config.norm_eps, "hidden_act": "swish",
               "intermediate_size": config.d_intermediate, "tie_word_embeddings": config.tie_embeddings,
-              "use_short_conv": mixer.use_short_conv, "attn": None, "attn_mode": "chunk",
+              "use_short_conv": mixer.use_short_conv, "conv_bias": False, "attn": None, "attn_mode": "chunk",
               "conv_size": mixer.q_conv1d.weight.shape[-1] if mixer.use_short_conv else 4,
-              "num_heads": mixer.num_heads, "allow_neg_eigval": mixer.negative_eigenvalues, "fuse_cross_entropy": True}
+              "num_heads": mixer.num_heads, "allow_neg_eigval": mixer.negative_eigenvalues, "fuse_cross_entropy": True,
+              **model.special_tokens.to_dict()}
     expand_v = mixer.value_dim / mixer.head_dim
     plain = mixer.num_householder == 1 and not mixer.use_forget_gate
     if plain and not mixer.negative_eigenvalues:

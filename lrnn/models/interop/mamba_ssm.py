@@ -6,8 +6,9 @@ attn_cfg, rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, t
 ``backbone.layers.{i}.{norm, mixer, norm2, mlp}.*``, ``backbone.norm_f.weight``, ``lm_head.weight``.
 mamba_ssm's residual stream ``residual = hidden + residual; hidden = mixer(norm(residual))`` is the
 pre-norm block ``x + mixer(norm(x))`` of lrnn, so only names change. Options that only affect
-initialisation or kernels (``dt_min``, ``A_init_range``, ``chunk_size``, ``fused_add_norm``, ...) are
-ignored; options that change the math are mapped or refused by name.
+initialisation or kernels (``dt_min``, ``A_init_range``, ``fused_add_norm``, ...) are ignored; options that
+change the math are mapped or refused by name. Mamba-2's ``chunk_size`` is mapped (lrnn's Mamba2 has the same
+chunked algorithm). mamba_ssm's config has no special token ids: lrnn keeps them in ``generation_config.json``.
 """
 
 from __future__ import annotations
@@ -17,32 +18,35 @@ from typing import Any
 
 from lrnn.layers import Mamba, Mamba2
 from lrnn.models.config import ModelConfig
-from lrnn.models.interop.common import (CONFIG_NAME, KeyMap, State, check_known, dt_limit_of, get_int, peer_state,
-                                        require, round_up, write_config, write_pickle)
+from lrnn.models.generation import SpecialTokens
+from lrnn.models.interop.common import (KeyMap, State, check_known, dt_limit_of, get_bool, get_int, peer_state,
+                                        refuse_export, require, round_up, single_mixer, write_config, write_pickle)
+from lrnn.models.io import load_special_tokens, save_special_tokens
 from lrnn.models.lm import LanguageModel
+
+# The interface every format module offers ``checkpoints`` (plus its own public helpers).
+__all__ = ["NAME", "KEYMAP", "CHUNK_SIZE", "is_config", "to_lrnn_config", "special_tokens", "from_lrnn_config", "save",
+           "check_exportable_mixer", "mamba1_options", "mamba2_options"]
 
 NAME = "mamba_ssm"
 KEYMAP = KeyMap((("backbone.embedding.", "embedding."), ("backbone.layers.{i}.", "layers.{i}."),
                  ("backbone.norm_f.", "norm_f."), ("lm_head.", "head.")))
 NORM_EPS = 1e-5  # mamba_ssm's MixerModel and Mamba-2's gated norm hard-code this epsilon
 MLP_MULTIPLE = 128  # mamba_ssm's GatedMLP rounds d_intermediate up to a multiple of 128
+CHUNK_SIZE = 256  # the chunk length of mamba_ssm's Mamba2 and HF's Mamba2 when their config omits it
 
 TOP_KEYS = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg", "rms_norm",
             "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"}
 # Keys that only set initialisation, kernels or device placement: no effect on a trained model's outputs.
 INIT_ONLY = {"layer", "dt_min", "dt_max", "dt_init_floor", "dt_init", "dt_scale", "A_init_range", "conv_init",
-             "chunk_size", "use_mem_eff_path", "use_fast_path", "layer_idx", "device", "dtype"}
+             "use_mem_eff_path", "use_fast_path", "layer_idx", "device", "dtype"}
 MAMBA2_MATH = {"d_state", "d_conv", "expand", "headdim", "ngroups", "D_has_hdim", "rmsnorm", "norm_before_gate",
-               "dt_limit", "bias", "conv_bias", "d_ssm", "process_group", "sequence_parallel"}
+               "dt_limit", "bias", "conv_bias", "d_ssm", "process_group", "sequence_parallel", "chunk_size"}
 MAMBA1_MATH = {"d_state", "d_conv", "expand", "dt_rank", "bias", "conv_bias"}
 
 
 def is_config(config: dict[str, Any]) -> bool:
     return "ssm_cfg" in config or ("n_layer" in config and "d_model" in config)
-
-
-def _bool(source: str, cfg: dict, key: str, default: bool) -> bool:
-    return require(source, cfg, key, lambda v: isinstance(v, bool), default, "must be true or false")
 
 
 def mamba2_kwargs(source: str, ssm: dict[str, Any], d_model: int) -> dict[str, Any]:
@@ -51,11 +55,12 @@ def mamba2_kwargs(source: str, ssm: dict[str, Any], d_model: int) -> dict[str, A
     kwargs = {"d_state": get_int(source, ssm, "d_state", 128), "d_conv": get_int(source, ssm, "d_conv", 4),
               "expand": get_int(source, ssm, "expand", 2), "headdim": get_int(source, ssm, "headdim", 64),
               "ngroups": get_int(source, ssm, "ngroups", 1),
-              "D_has_hdim": _bool(source, ssm, "D_has_hdim", False), "rmsnorm": _bool(source, ssm, "rmsnorm", True),
-              "norm_before_gate": _bool(source, ssm, "norm_before_gate", False),
-              "bias": _bool(source, ssm, "bias", False), "conv_bias": _bool(source, ssm, "conv_bias", True),
+              "D_has_hdim": get_bool(source, ssm, "D_has_hdim", False),
+              "rmsnorm": get_bool(source, ssm, "rmsnorm", True),
+              "norm_before_gate": get_bool(source, ssm, "norm_before_gate", False),
+              "bias": get_bool(source, ssm, "bias", False), "conv_bias": get_bool(source, ssm, "conv_bias", True),
               "dt_limit": dt_limit_of(source, "ssm_cfg.dt_limit", ssm.get("dt_limit", (0.0, float("inf")))),
-              "norm_eps": NORM_EPS}
+              "chunk_size": get_int(source, ssm, "chunk_size", CHUNK_SIZE), "norm_eps": NORM_EPS}
     d_inner = kwargs["expand"] * d_model
     require(source, ssm, "d_ssm", lambda v: v is None or v == d_inner, None,
             f"lrnn's Mamba2 runs the SSM over all expand * d_model = {d_inner} channels (no extra MLP part)")
@@ -71,7 +76,7 @@ def mamba1_kwargs(source: str, ssm: dict[str, Any]) -> dict[str, Any]:
         dt_rank = get_int(source, ssm, "dt_rank")
     return {"d_state": get_int(source, ssm, "d_state", 16), "d_conv": get_int(source, ssm, "d_conv", 4),
             "expand": get_int(source, ssm, "expand", 2), "dt_rank": dt_rank,
-            "bias": _bool(source, ssm, "bias", False), "conv_bias": _bool(source, ssm, "conv_bias", True)}
+            "bias": get_bool(source, ssm, "bias", False), "conv_bias": get_bool(source, ssm, "conv_bias", True)}
 
 
 def to_lrnn_config(config: dict[str, Any], source: str) -> ModelConfig:
@@ -92,34 +97,22 @@ def to_lrnn_config(config: dict[str, Any], source: str) -> ModelConfig:
     return ModelConfig(vocab_size=get_int(source, config, "vocab_size"), d_model=d_model,
                        n_layers=get_int(source, config, "n_layer"), mixer=mixer, mixer_kwargs={mixer: kwargs},
                        d_intermediate=round_up(d_intermediate, MLP_MULTIPLE) if d_intermediate else 0,
-                       tie_embeddings=_bool(source, config, "tie_embeddings", True),
+                       tie_embeddings=get_bool(source, config, "tie_embeddings", True),
                        pad_vocab_size_multiple=get_int(source, config, "pad_vocab_size_multiple", 8),
                        norm_eps=NORM_EPS)
 
 
-def ignore_key(config: ModelConfig):
-    """A tied checkpoint also stores ``lm_head.weight`` (the embedding again): skip it."""
-    return lambda key: config.tie_embeddings and key == "lm_head.weight"
+def special_tokens(config: dict[str, Any], directory: Path) -> SpecialTokens:
+    """The bos / eos / pad ids kept beside the checkpoint (mamba_ssm's ``config.json`` has no keys for them)."""
+    return load_special_tokens(directory)
 
 
 # ---- export -------------------------------------------------------------------------------------
-def single_mixer(model: LanguageModel, allowed: tuple[str, ...], fmt: str) -> str:
-    """The one mixer name every layer uses (refuse hybrids and other mixers)."""
-    names = set(model.config.layer_mixers())
-    if len(names) != 1 or not names <= set(allowed):
-        raise ValueError(f"export to {fmt}: unsupported option mixer={sorted(names)}: the {fmt} format holds "
-                         f"one of {list(allowed)} in every layer")
-    if model.config.num_labels is not None:
-        raise ValueError(f"export to {fmt}: unsupported option num_labels={model.config.num_labels}: "
-                         "the format has a language-model head only")
-    return names.pop()
-
-
 def check_exportable_mixer(mixer, fmt: str) -> None:
     """Options of an lrnn Mamba/Mamba2 layer that no mamba peer has."""
     if mixer.negative_eigenvalues:
-        raise ValueError(f"export to {fmt}: unsupported option negative_eigenvalues=True: {fmt} has no "
-                         "[-1, 1] eigenvalue range (its scan computes exp(dt * A) in (0, 1])")
+        raise refuse_export(fmt, "negative_eigenvalues", True, f"{fmt} has no [-1, 1] eigenvalue range "
+                            "(its scan computes exp(dt * A) in (0, 1])")
 
 
 def mamba2_options(mixer: Mamba2) -> dict[str, Any]:
@@ -128,7 +121,7 @@ def mamba2_options(mixer: Mamba2) -> dict[str, Any]:
             "headdim": mixer.headdim, "ngroups": mixer.ngroups, "D_has_hdim": mixer.D_has_hdim,
             "rmsnorm": mixer.rmsnorm, "norm_before_gate": bool(mixer.norm is not None and mixer.norm.norm_before_gate),
             "dt_limit": list(mixer.dt_limit), "bias": mixer.in_proj.bias is not None,
-            "conv_bias": mixer.conv1d.bias is not None}
+            "conv_bias": mixer.conv1d.bias is not None, "chunk_size": mixer.chunk_size}
 
 
 def mamba1_options(mixer: Mamba) -> dict[str, Any]:
@@ -144,15 +137,14 @@ def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
     mixer = model.layers[0].mixer
     check_exportable_mixer(mixer, NAME)
     if config.norm_eps != NORM_EPS:
-        raise ValueError(f"export to {NAME}: unsupported option norm_eps={config.norm_eps}: mamba_ssm uses {NORM_EPS}")
+        raise refuse_export(NAME, "norm_eps", config.norm_eps, f"mamba_ssm uses {NORM_EPS}")
     if config.d_intermediate % MLP_MULTIPLE:
-        raise ValueError(f"export to {NAME}: unsupported option d_intermediate={config.d_intermediate}: mamba_ssm's "
-                         f"GatedMLP rounds it up to a multiple of {MLP_MULTIPLE}")
+        raise refuse_export(NAME, "d_intermediate", config.d_intermediate,
+                            f"mamba_ssm's GatedMLP rounds it up to a multiple of {MLP_MULTIPLE}")
     if name == "mamba2":
         ssm = {"layer": "Mamba2", **mamba2_options(mixer)}
         if mixer.norm is not None and mixer.norm.eps != NORM_EPS:
-            raise ValueError(f"export to {NAME}: unsupported option mamba2.norm_eps={mixer.norm.eps}: "
-                             f"mamba_ssm's gated norm uses {NORM_EPS}")
+            raise refuse_export(NAME, "mamba2.norm_eps", mixer.norm.eps, f"mamba_ssm's gated norm uses {NORM_EPS}")
     else:
         ssm = {"layer": "Mamba1", **mamba1_options(mixer)}
     return {"d_model": config.d_model, "d_intermediate": config.d_intermediate, "n_layer": config.n_layers,
@@ -162,7 +154,8 @@ def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
 
 
 def save(model: LanguageModel, directory: Path, dtypes=None) -> None:
-    """Write ``config.json`` + ``pytorch_model.bin`` (what mamba_ssm's ``from_pretrained`` reads).
+    """Write ``config.json`` + ``pytorch_model.bin`` (what mamba_ssm's ``from_pretrained`` reads), and the
+    special token ids, if recorded, in ``generation_config.json``.
 
     mamba_ssm loads with ``strict=True``, so a tied ``lm_head.weight`` is written too.
     """
@@ -171,7 +164,5 @@ def save(model: LanguageModel, directory: Path, dtypes=None) -> None:
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["backbone.embedding.weight"]
     write_pickle(directory, state)
+    save_special_tokens(directory, model.special_tokens)
     write_config(directory, config)
-
-
-__all__ = ["NAME", "KEYMAP", "CONFIG_NAME", "is_config", "to_lrnn_config", "from_lrnn_config", "save", "ignore_key"]

@@ -1,4 +1,6 @@
-"""State matrices for S4D: HiPPO-LegS, the diagonal inits (Lin, Inv, LegS, Real) and PTD.
+"""Eigenvalue inits of S4D: HiPPO-LegS, the diagonal inits (Lin, Inv, LegS, Real) and PTD with its disk cache.
+
+Functional float64 math beneath the S4D layer (``lrnn.layers.s4d`` builds its A from ``s4d_eigenvalues``).
 
 Every init returns M = N/2 complex eigenvalues (complex128 [M]); each stands for a conjugate pair, the
 S4D layer's ``2 Re`` supplies the other half of the spectrum.
@@ -23,8 +25,13 @@ from pathlib import Path
 import torch
 
 from lrnn.atomic import atomic_write_text
+from lrnn.validation import check_int, check_number
 
-INITS = ("legs", "lin", "inv", "real", "ptd")
+__all__ = ["S4D_INITS", "PTD_VERSION", "PTDResult", "check_state_size", "hippo_legs", "legs_normal_part",
+           "legs_eigenvalues", "s4d_eigenvalues", "eigenvector_condition", "default_cache_dir", "ptd_legs"]
+
+S4D_INITS = ("legs", "lin", "inv", "real", "ptd")
+"""The names ``s4d_eigenvalues`` accepts."""
 PTD_VERSION = 1  # bump when the optimisation changes: old cache files are then ignored
 
 _log = logging.getLogger(__name__)
@@ -33,9 +40,8 @@ _PTD_MEMORY: dict[tuple, "PTDResult"] = {}
 
 def check_state_size(N: object) -> int:
     """N must be an even int >= 2 (N/2 conjugate-pair modes)."""
-    if isinstance(N, bool) or not isinstance(N, int):
-        raise TypeError(f"d_state (N) must be an even int >= 2, got {N!r}")
-    if N < 2 or N % 2:
+    check_int("d_state (N)", N, 2)
+    if N % 2:
         raise ValueError(f"d_state (N) must be an even int >= 2 (N/2 conjugate-pair modes), got {N}")
     return N
 
@@ -85,7 +91,7 @@ def legs_eigenvalues(N: int) -> torch.Tensor:
 
 
 def s4d_eigenvalues(init: str, N: int, ptd_gamma: float = 1.0) -> torch.Tensor:
-    """The N/2 diagonal entries of A (complex128 [N/2]) for ``init`` in ``INITS``."""
+    """The N/2 diagonal entries of A (complex128 [N/2]) for ``init`` in ``S4D_INITS``."""
     check_state_size(N)
     M = N // 2
     n = torch.arange(M, dtype=torch.float64)
@@ -99,7 +105,7 @@ def s4d_eigenvalues(init: str, N: int, ptd_gamma: float = 1.0) -> torch.Tensor:
         return legs_eigenvalues(N)
     if init == "ptd":
         return ptd_legs(N, ptd_gamma).eigenvalues
-    raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    raise ValueError(f"init must be one of {S4D_INITS}, got {init!r}")
 
 
 # ---- PTD ----------------------------------------------------------------------------------------
@@ -161,10 +167,9 @@ def ptd_legs(N: int, gamma: float = 1.0, steps: int = 150, seed: int = 0,
     ``cache_dir or default_cache_dir()`` / ``ptd`` (atomic writes; an unreadable file is recomputed).
     """
     check_state_size(N)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0 or math.isinf(gamma):
+    if math.isinf(check_number("gamma", gamma, 0)):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     key = (N, float(gamma), steps, seed)
     if key in _PTD_MEMORY:
         return _PTD_MEMORY[key]

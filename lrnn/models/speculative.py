@@ -1,0 +1,382 @@
+"""Chain speculative decoding: a drafter proposes k tokens, the target verifies them in one forward pass.
+
+One step, with the target's cache covering every committed token but the last one (the *pending* token):
+
+1. the drafter proposes ``d_1 .. d_n`` (n <= k) after the committed sequence;
+2. the target runs ``[pending, d_1, .., d_n]`` from its cache in one forward (the chunked path over n + 1
+   tokens), giving its next-token distributions ``p_1 .. p_{n+1}``;
+3. ``verify_draft`` accepts a prefix ``d_1 .. d_a`` and picks one more token ``y`` (a correction at the
+   first rejection, or a bonus token drawn from ``p_{n+1}`` when all n are accepted): a + 1 new tokens;
+4. the cache is advanced to cover ``pending, d_1 .. d_a``, and ``y`` becomes the pending token.
+
+**Rollback: snapshot and replay.** After step 2 the cache has consumed all n drafts. When some are
+rejected, ``speculative_generate`` restores a copy of the cache taken before the verification and replays
+``pending, d_1 .. d_a`` in one more forward. The alternative, reading the state after position a out of
+the verification pass, needs every layer to return per-position (or selected-position) states, which the
+mixers do not do today (the tree ops' ``*_state`` functions will make it possible: see docs/speculative.md).
+Replay is chosen because it is exact by construction for every mixer, attention and hybrids alike (the
+committed state is what the model computes for the accepted tokens, with nothing layer-specific), and
+because its cost is bounded: it runs only after a rejection, over at most k tokens, as one chunked forward.
+With every draft accepted there is no replay. The snapshot copies every cache tensor (fixed-size states
+for the recurrent layers; attention's KV cache grows with the context, as its own concatenation does);
+copies rather than references, so that a layer updating a state tensor in place cannot corrupt it.
+
+**Verification.** Greedy (``do_sample=False``): ``d_i`` is accepted while it is the target's argmax; the
+output equals greedy autoregressive decoding token for token. Sampling (Leviathan et al. 2023, Chen et
+al. 2023): ``d_i`` is accepted with probability ``min(1, p_i(d_i) / q_i(d_i))``; at the first rejection
+``y`` is drawn from the normalised residual ``max(0, p_i - q_i)``, and after n acceptances from
+``p_{n+1}``. Each emitted token is then distributed exactly as the target samples it. ``p`` and ``q`` are
+both ``sampling_probs`` of the two models' logits (the same temperature, top_k, top_p). A drafter that
+reports no ``q`` (prompt lookup) is treated as one-hot: accept with probability ``p_i(d_i)``, else draw from
+``p_i`` without ``d_i`` -- exact for any drafter whose choice does not depend on the verifier's randomness.
+
+Batch 1 only: sequences of one batch accept different numbers of drafts, so their caches would fall out
+of step (padding inside the sequence would fix that; not done).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from lrnn.layers import Cache
+from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
+from lrnn.models.lm import LanguageModel
+from lrnn.validation import check_int
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Proposed tokens ``tokens`` [n] (int64) and, for a drafter that samples, the distributions ``probs``
+    [n, V] it drew them from (``sampling_probs`` of its logits); None: one-hot on ``tokens``."""
+
+    tokens: torch.Tensor
+    probs: torch.Tensor | None = None
+
+
+class Drafter(Protocol):
+    """Anything that proposes up to ``num_tokens`` tokens to follow ``sequence`` [L] (every committed token,
+    prompt included). ``sampling`` and ``generator`` are the generation's: a drafter that samples applies
+    the same sampling settings and reports its ``probs``."""
+
+    def propose(self, sequence: torch.Tensor, num_tokens: int, sampling: SamplingConfig,
+                generator: torch.Generator | None) -> Draft: ...
+
+
+# ---- drafters ------------------------------------------------------------------------------------
+class PromptLookupDrafter:
+    """Drafting without a draft model (prompt lookup): find an earlier occurrence of the sequence's last
+    ``n`` tokens and propose what followed it, for ``n = max_ngram, .., 1`` (the longest match wins).
+
+    Of several occurrences the latest that is followed by ``num_tokens`` tokens is taken (recent context
+    predicts best), else the earliest (the longest continuation). No occurrence: an empty draft (the step
+    decodes one token, as autoregressive decoding does).
+    """
+
+    def __init__(self, max_ngram: int = 3) -> None:
+        self.max_ngram = check_int("max_ngram", max_ngram, 1)
+
+    def propose(self, sequence: torch.Tensor, num_tokens: int, sampling: SamplingConfig,
+                generator: torch.Generator | None) -> Draft:
+        for n in range(min(self.max_ngram, len(sequence) - 1), 0, -1):
+            start = continuation_start(sequence, n, num_tokens)
+            if start is not None:
+                return Draft(sequence[start:start + num_tokens])
+        return Draft(sequence[:0])
+
+
+def continuation_start(sequence: torch.Tensor, n: int, num_tokens: int) -> int | None:
+    """Where the tokens after an earlier occurrence of ``sequence``'s last ``n`` tokens begin: the latest
+    occurrence followed by ``num_tokens`` tokens, else the earliest one; None if there is none."""
+    windows = sequence[:-1].unfold(0, n, 1)  # every n-gram but the final one itself: [L - n, n]
+    hits = (windows == sequence[-n:]).all(dim=1).nonzero().flatten() + n  # continuation starts
+    if not len(hits):
+        return None
+    full = hits[hits + num_tokens <= len(sequence)]
+    return int(full[-1]) if len(full) else int(hits[0])
+
+
+class ModelDrafter:
+    """Drafting with a small ``LanguageModel`` of the target's vocabulary: greedy or sampled tokens, one
+    cached step each.
+
+    The drafter keeps its own cache across steps. After catching up with the committed sequence it saves
+    a copy (the *committed* cache) before drafting; at the next call it continues from the live cache if
+    every token it drafted was accepted, else from the committed copy (the same snapshot-and-replay rule
+    as the target: the newly committed tokens are fed in one chunked forward).
+    """
+
+    def __init__(self, model: LanguageModel) -> None:
+        check_language_model("model", model)
+        self.model = model
+        self.forwards = 0  # forward passes of the draft model (catch-up and drafting steps)
+        self._live: tuple[Cache, torch.Tensor] | None = None  # a cache and the tokens it has consumed
+        self._committed: tuple[Cache, torch.Tensor] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def propose(self, sequence: torch.Tensor, num_tokens: int, sampling: SamplingConfig,
+                generator: torch.Generator | None) -> Draft:
+        cache, logits = self._catch_up(sequence)
+        self._committed = (cache.clone(), sequence)
+        tokens, probs = [], []
+        for i in range(num_tokens):
+            if sampling.do_sample:
+                q = sampling_probs(logits, sampling)
+                token = torch.multinomial(q, 1, generator=generator)
+                probs.append(q)
+            else:
+                token = logits.argmax(-1, keepdim=True)
+            tokens.append(token)
+            if i + 1 < num_tokens:  # the last draft needs no distribution after it
+                logits = self._forward(token[None], cache)
+        drafted = torch.cat(tokens) if tokens else sequence[:0]
+        self._live = (cache, torch.cat([sequence, drafted[:-1]]))
+        return Draft(drafted, torch.stack(probs) if probs else None)
+
+    def _catch_up(self, sequence: torch.Tensor) -> tuple[Cache, torch.Tensor]:
+        """A cache that has consumed ``sequence`` and the draft model's next-token logits [V]: from the
+        live or the committed cache if its tokens are a strict prefix of ``sequence``, else from scratch."""
+        for saved in (self._live, self._committed):
+            if saved is not None and len(saved[1]) < len(sequence) and torch.equal(sequence[:len(saved[1])], saved[1]):
+                cache, consumed = saved
+                break
+        else:
+            cache, consumed = self.model.new_cache(), sequence[:0]
+        return cache, self._forward(sequence[len(consumed):][None], cache)
+
+    def _forward(self, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
+        self.forwards += 1
+        return self.model(ids, cache=cache, logits_to_keep=1)[0, -1]
+
+
+# ---- verification ----------------------------------------------------------------------------------
+def verify_draft(target_logits: torch.Tensor, draft: Draft, sampling: SamplingConfig,
+                 generator: torch.Generator | None = None) -> tuple[int, torch.Tensor]:
+    """Accept a prefix of ``draft`` and choose the token after it.
+
+    Args:
+        target_logits: [n + 1, V] the target's logits after the pending token and after each draft token.
+        draft: n proposed tokens (and the drafter's distributions, or None for one-hot).
+
+    Returns:
+        (a, y): the number a of accepted draft tokens and the next token y (a 0-d tensor): the target's
+        argmax (greedy), or a sample of the residual at the first rejection / of ``p_{n+1}``.
+    """
+    n = len(draft.tokens)
+    if not sampling.do_sample:
+        best = target_logits.argmax(-1)  # [n + 1]
+        accepted = int(torch.cumprod((draft.tokens == best[:n]).long(), 0).sum())
+        return accepted, best[accepted]
+    p = sampling_probs(target_logits, sampling)  # [n + 1, V]
+    q = F.one_hot(draft.tokens, p.shape[-1]).float() if draft.probs is None else draft.probs.float()
+    rows = torch.arange(n, device=p.device)
+    u = torch.rand(n, generator=generator, device=p.device)
+    accept = _accept(u, p[rows, draft.tokens], q[rows, draft.tokens])
+    accepted = int(torch.cumprod(accept.long(), 0).sum())
+    if accepted < n:
+        residual = (p[accepted] - q[accepted]).clamp(min=0)
+        # An all-zero residual means p == q at this position, where a rejection has probability 0.
+        distribution = residual if bool(residual.sum() > 0) else p[accepted]
+    else:
+        distribution = p[n]
+    return accepted, torch.multinomial(distribution, 1, generator=generator)[0]
+
+
+def _accept(u: torch.Tensor, p_draft: torch.Tensor, q_draft: torch.Tensor) -> torch.Tensor:
+    """The acceptance rule: ``u < min(1, p/q)`` for u ~ U[0, 1), written ``u q < p`` (no division by 0)."""
+    return u * q_draft < p_draft
+
+
+# ---- generation ------------------------------------------------------------------------------------
+@dataclass
+class SpeculativeStats:
+    """Counts and times of one ``speculative_generate`` call.
+
+    ``proposed[s]`` / ``accepted[s]``: draft tokens proposed / accepted at verification step s (each step
+    emits ``accepted[s] + 1`` tokens, fewer only where EOS or ``max_new_tokens`` cuts it).
+    """
+
+    proposed: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    target_forwards: int = 0  # prefill + verifications + replays
+    replays: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0  # prompt in, first new token out
+    decode_s: float = 0.0  # first to last new token
+
+    @property
+    def steps(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def accepted_per_step(self) -> float | None:
+        """Mean accepted draft tokens per verification step (None before the first step)."""
+        return sum(self.accepted) / self.steps if self.steps else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / proposed draft tokens (None when nothing was proposed)."""
+        total = sum(self.proposed)
+        return sum(self.accepted) / total if total else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed: tokens after the first per second of decoding (None with fewer than 2 tokens)."""
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
+
+    def summary(self) -> str:
+        """One line: steps, accepted tokens per step, acceptance rate, target forwards and tokens/s."""
+        if not self.steps:
+            return f"{self.new_tokens} new tokens, no verification step"
+        parts = [f"{self.steps} verification steps",
+                 f"{self.accepted_per_step:.2f} accepted draft tokens per step "
+                 f"({self.new_tokens / self.steps:.2f} new tokens per step)"]
+        if self.acceptance_rate is not None:
+            parts.append(f"acceptance {100 * self.acceptance_rate:.0f}% of {sum(self.proposed)} drafted")
+        parts.append(f"{self.target_forwards} target forwards ({self.replays} replays)")
+        if self.tokens_per_s is not None:
+            parts.append(f"decode {self.tokens_per_s:.1f} tokens/s")
+        return "; ".join(parts)
+
+
+@torch.no_grad()
+def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter,
+                         sampling: SamplingConfig | None = None, num_draft_tokens: int = 4,
+                         generator: torch.Generator | None = None,
+                         on_token: Callable[[torch.Tensor], None] | None = None,
+                         stats: SpeculativeStats | None = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` after one prompt, ``num_draft_tokens`` drafts verified per forward.
+
+    A drop-in for ``generate`` at batch 1: greedy output is ``generate``'s token for token, sampled output
+    has its distribution; generation stops at ``eos_token_id`` (included) as ``generate`` does with
+    ``eos_check_every=1``.
+
+    Args:
+        model: the target ``LanguageModel``.
+        input_ids: [1, T] the prompt (T >= 1).
+        drafter: a ``Drafter`` (``PromptLookupDrafter``, ``ModelDrafter`` or your own).
+        sampling: a ``SamplingConfig`` (default: greedy, 32 tokens).
+        num_draft_tokens: k, the most drafts verified per target forward (>= 1).
+        on_token: optional callback receiving each new token as a [1] tensor (streaming).
+        stats: optional ``SpeculativeStats`` to fill (its lists are appended to: pass a fresh one per call).
+
+    Returns:
+        [1, T + n] token ids, n <= max_new_tokens.
+    """
+    sampling = sampling or SamplingConfig()
+    _check_arguments(model, input_ids, drafter, sampling, num_draft_tokens)
+    stats = stats if stats is not None else SpeculativeStats()
+    start = time.perf_counter()
+    cache = model.new_cache()
+    logits = model(input_ids, cache=cache, logits_to_keep=1)[:, -1]
+    stats.target_forwards += 1
+    if sampling.max_new_tokens == 0:
+        stats.prefill_s = time.perf_counter() - start
+        return input_ids.clone()
+    pending = select_next(logits, sampling, generator)  # [1]: emitted, not yet in the cache
+    new = [pending]
+    _emit(pending, on_token)
+    first = time.perf_counter()
+    stats.prefill_s = first - start
+    remaining = sampling.max_new_tokens - 1
+    finished = sampling.eos_token_id is not None and int(pending) == sampling.eos_token_id
+    sequence = torch.cat([input_ids[0], pending])
+    while remaining and not finished:
+        most = min(num_draft_tokens, remaining - 1)  # a step emits up to most + 1 tokens
+        draft = _checked(drafter.propose(sequence, most, sampling, generator), most, model.config.vocab_size,
+                         sequence) if most else Draft(sequence[:0])
+        n = len(draft.tokens)
+        snapshot = cache.clone() if n else None
+        logits = model(torch.cat([pending, draft.tokens])[None], cache=cache)[0]  # [n + 1, V]
+        stats.target_forwards += 1
+        accepted, token = verify_draft(logits, draft, sampling, generator)
+        stats.proposed.append(n)
+        stats.accepted.append(accepted)
+        emitted, finished = _cut_at_eos(torch.cat([draft.tokens[:accepted], token[None]]), sampling.eos_token_id)
+        for value in emitted.split(1):
+            _emit(value, on_token)
+        new.append(emitted)
+        sequence = torch.cat([sequence, emitted])
+        remaining -= len(emitted)
+        if finished or not remaining:
+            break  # the cache is not needed any more
+        if accepted < n:  # roll back: replay the accepted prefix from the snapshot
+            cache = snapshot
+            model(torch.cat([pending, draft.tokens[:accepted]])[None], cache=cache, logits_to_keep=1)
+            stats.target_forwards += 1
+            stats.replays += 1
+        pending = token[None]
+    stats.new_tokens = sum(len(tokens) for tokens in new)
+    stats.decode_s = time.perf_counter() - first
+    return torch.cat([input_ids, torch.cat(new)[None]], dim=1)
+
+
+def _cut_at_eos(tokens: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, bool]:
+    """(``tokens`` [n] up to and including the first EOS, whether there was one)."""
+    if eos_token_id is not None:
+        hits = (tokens == eos_token_id).nonzero()
+        if len(hits):
+            return tokens[:int(hits[0]) + 1], True
+    return tokens, False
+
+
+def _emit(token: torch.Tensor, on_token: Callable[[torch.Tensor], None] | None) -> None:
+    if on_token is not None:
+        on_token(token)
+
+
+def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter, sampling: SamplingConfig,
+                     num_draft_tokens: int) -> None:
+    check_language_model("model", model)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1 \
+            or input_ids.shape[1] < 1:
+        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be one prompt of shape [1, T] with T >= 1 (speculative decoding runs "
+                         f"at batch 1), got {got}")
+    check_drafter(drafter, model)
+    check_int("num_draft_tokens", num_draft_tokens, 1)
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    check_token_ids(sampling, model.config.vocab_size)
+
+
+def check_language_model(name: str, model: object) -> None:
+    """Raise unless ``model`` is a ``LanguageModel`` with an LM head (not a token classifier)."""
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"{name} must be a LanguageModel, got {type(model).__name__}")
+    if model.config.num_labels is not None:
+        raise ValueError(f"{name} must have an LM head (num_labels=None), got a token classifier with "
+                         f"num_labels={model.config.num_labels}")
+
+
+def check_drafter(drafter: Drafter, model: LanguageModel) -> None:
+    """Raise unless ``drafter`` has a ``propose`` method and, if it reports a ``vocab_size`` (a draft model),
+    that is ``model``'s."""
+    if not callable(getattr(drafter, "propose", None)):
+        raise TypeError(f"drafter must have a propose(sequence, num_tokens, sampling, generator) method, "
+                        f"got {type(drafter).__name__}")
+    draft_vocab = getattr(drafter, "vocab_size", None)
+    if draft_vocab is not None and draft_vocab != model.config.vocab_size:
+        raise ValueError(f"the draft model's vocab_size {draft_vocab} differs from the target's "
+                         f"{model.config.vocab_size}: they must share a tokenizer")
+
+
+def _checked(draft: Draft, most: int, vocab_size: int, sequence: torch.Tensor) -> Draft:
+    """``draft`` if it is well formed (a drafter is user code), else a ValueError naming what is wrong."""
+    if not isinstance(draft, Draft):
+        raise TypeError(f"drafter.propose must return a Draft, got {type(draft).__name__}")
+    tokens, probs = draft.tokens, draft.probs
+    if tokens.ndim != 1 or tokens.dtype != torch.long or len(tokens) > most or tokens.device != sequence.device:
+        raise ValueError(f"drafter.propose must return at most {most} int64 tokens [n] on {sequence.device}, got "
+                         f"a {tokens.dtype} tensor of shape {tuple(tokens.shape)} on {tokens.device}")
+    if probs is not None and tuple(probs.shape) != (len(tokens), vocab_size):
+        raise ValueError(f"Draft.probs must be [n, vocab_size] = [{len(tokens)}, {vocab_size}], "
+                         f"got {tuple(probs.shape)}")
+    return draft

@@ -1,0 +1,102 @@
+"""selective_scan (Mamba's S6 scan as one autograd function) against the sequential reference.
+
+The reference is ``decay_recurrence(mode="recurrent")`` with heads = channels, K = d_state, V = 1 and
+the decays in log space (``negative_range`` for [-1, 1]), the path Mamba took before: outputs, the
+final state and the gradients of every input (initial state included) must agree.
+"""
+
+import pytest
+import torch
+
+from lrnn.ops import decay_recurrence, negative_range, selective_scan
+
+TOLERANCES = {torch.float64: 1e-10, torch.float32: 2e-4}
+
+
+def _inputs(batch, length, channels, d_state, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    v = rand(batch, length, channels)
+    dt = torch.nn.functional.softplus(rand(batch, length, channels))  # > 0, some steps near 0
+    A = -torch.exp(rand(channels, d_state) * 0.5)
+    B, C = rand(batch, length, d_state), rand(batch, length, d_state)
+    h0 = rand(batch, channels, d_state)
+    return [x.to(dtype).requires_grad_() for x in (v, dt, A, B, C, h0)]
+
+
+def _reference(v, dt, A, B, C, h0, negative):
+    log_a = dt.unsqueeze(-1) * A  # [B, T, D, N]
+    log_a, sign = negative_range(log_a) if negative else (log_a, None)
+    shape = (*v.shape, A.shape[1])
+    y, final = decay_recurrence(C.unsqueeze(2).expand(shape), B.unsqueeze(2).expand(shape), v.unsqueeze(-1), log_a,
+                                sign, scale=1.0, initial_state=h0.unsqueeze(-1), output_final_state=True,
+                                mode="recurrent")
+    return y.squeeze(-1), final.squeeze(-1)
+
+
+def _outputs_and_grads(fn, inputs, g_y, g_final):
+    y, final = fn(*inputs)
+    grads = torch.autograd.grad((y * g_y).sum() + (final * g_final).sum(), inputs)
+    return [y, final, *grads]
+
+
+def _relative(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("negative", [False, True])
+@pytest.mark.parametrize("length,segment", [(1, 64), (13, 64), (13, 4), (17, 5)])
+def test_matches_the_sequential_reference(dtype, negative, length, segment):
+    inputs = _inputs(3, length, 6, 4, dtype)
+    gen = torch.Generator().manual_seed(1)
+    g_y = torch.randn(3, length, 6, generator=gen, dtype=torch.float64).to(dtype)
+    g_final = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64).to(dtype)
+
+    def fast(v, dt, A, B, C, h0):
+        return selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, initial_state=h0,
+                              output_final_state=True, segment=segment)
+
+    got = _outputs_and_grads(fast, inputs, g_y, g_final)
+    want = _outputs_and_grads(lambda *x: _reference(*x, negative), inputs, g_y, g_final)
+    names = ["y", "final state", "grad v", "grad dt", "grad A", "grad B", "grad C", "grad h0"]
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype, name
+        assert _relative(a, b) < TOLERANCES[dtype], f"{name}: relative error {_relative(a, b):.2e}"
+
+
+def test_no_initial_state_and_padding_steps():
+    """dt = 0 and v = 0 (padding in Mamba) are identity steps; no initial state means zeros."""
+    v, dt, A, B, C, _ = (x.detach() for x in _inputs(2, 9, 5, 3, torch.float64))
+    dt[:, 4:], v[:, 4:] = 0.0, 0.0
+    for negative in (False, True):
+        y, final = selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, output_final_state=True)
+        _, state4 = selective_scan(v[:, :4], dt[:, :4], A, B[:, :4], C[:, :4], negative_eigenvalues=negative,
+                                   output_final_state=True)
+        torch.testing.assert_close(final, state4, rtol=0, atol=0)
+        ref_y, _ = _reference(v, dt, A, B, C, torch.zeros(2, 5, 3, dtype=torch.float64), negative)
+        torch.testing.assert_close(y, ref_y, rtol=1e-12, atol=1e-12)
+
+
+def test_empty_sequence_keeps_the_state():
+    v, dt, A, B, C, h0 = (x.detach() for x in _inputs(2, 0, 5, 3, torch.float32))
+    y, final = selective_scan(v, dt, A, B, C, initial_state=h0, output_final_state=True)
+    assert y.shape == (2, 0, 5)
+    torch.testing.assert_close(final, h0)
+    assert selective_scan(v, dt, A, B, C)[1] is None
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: {**a, "dt": a["dt"][:, :-1]}, "dt must have shape"),
+    (lambda a: {**a, "A": a["A"][:-1]}, "A must have shape"),
+    (lambda a: {**a, "B": a["B"][..., :-1]}, "B must have shape"),
+    (lambda a: {**a, "initial_state": torch.zeros(2, 5, 2)}, "initial_state"),
+    (lambda a: {**a, "segment": 0}, "segment must be None or an int >= 1, got 0"),
+    (lambda a: {**a, "negative_eigenvalues": 1}, "negative_eigenvalues"),
+])
+def test_rejects_bad_arguments(change, match):
+    v, dt, A, B, C, _ = (x.detach() for x in _inputs(2, 4, 5, 3, torch.float32))
+    args = change({"v": v, "dt": dt, "A": A, "B": B, "C": C, "initial_state": None, "segment": 4,
+                   "negative_eigenvalues": False})
+    with pytest.raises((ValueError, TypeError), match=match):
+        selective_scan(args.pop("v"), args.pop("dt"), args.pop("A"), args.pop("B"), args.pop("C"), **args)
