@@ -69,3 +69,16 @@ def remove_temporaries(directory: str | Path) -> list[Path]:
     for orphan in orphans:
         orphan.unlink(missing_ok=True)
     return orphans
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write the matplotlib figure ``fig`` to ``path`` as a PNG, atomically (a report's or a training
+    curve's plot is never left half-written), and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -121,6 +121,8 @@ def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "learning_rate", bug)
     with pytest.raises(TypeError, match="an internal bug"):
         _run_command(["train", *TINY, "--out", str(tmp_path / "other")])
+    with pytest.raises(TypeError, match="an internal bug"):  # main() too: no one-line message hides it
+        main(["train", *TINY, "--out", str(tmp_path / "third")])
     monkeypatch.setattr(trainer, "evaluate", bug)
     with pytest.raises(TypeError, match="an internal bug"):
         _run_command(["eval", str(tmp_path / "run")])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lrnn.demo import parity_demo_config, run_ops_demo, run_parity_demo
+from lrnn.cli.demo import parity_demo_config, run_ops_demo, run_parity_demo
 
 
 def test_parity_demo_runs_prints_and_plots(tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_ops_demo(capsys):
 
 def test_cli_help_states_the_demo_budgets():
     from lrnn.cli import DEMO_STEPS_HELP
-    from lrnn.demo import DEMO_SETTINGS
+    from lrnn.cli.demo import DEMO_SETTINGS
     from lrnn.training import RunConfig
 
     for mixer, (_, steps) in DEMO_SETTINGS.items():

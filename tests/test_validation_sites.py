@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from lrnn.demo import run_parity_demo
+from lrnn.cli.demo import run_parity_demo
 from lrnn.layers import Cache, DeltaNet, Mamba
 from lrnn.ops import ptd_legs
 from lrnn.tasks import AssociativeRecall, ListOps, SelectiveCopy, SequentialDigits, make_task

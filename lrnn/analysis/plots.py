@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from lrnn.analysis.dynamics import LayerDynamics
-from lrnn.atomic import atomic_write, atomic_write_text
+from lrnn.atomic import atomic_write_text, save_figure
 
 OUTPUT_NAMES = {"summary": "dynamics.json", "spectra": "spectra.png", "norms": "norms.png"}
 """The files ``write_dynamics`` writes into its directory."""
@@ -22,18 +22,6 @@ def _figure(rows: int, cols: int, width: float, height: float):
     import matplotlib.pyplot as plt
 
     return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-
-
-def _write_png(fig, path: str | Path) -> Path:
-    """Save ``fig`` to ``path`` atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return Path(path)
 
 
 def plot_spectra(results: list[LayerDynamics], path: str | Path) -> Path:
@@ -58,7 +46,7 @@ def plot_spectra(results: list[LayerDynamics], path: str | Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="layer", ylabel="eigenvalue of sym(S_C^T S_B)", title="interaction spectra (zeros omitted)")
     ax.grid(alpha=0.3)
-    return _write_png(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_norms(results: list[LayerDynamics], path: str | Path) -> Path:
@@ -86,7 +74,7 @@ def plot_norms(results: list[LayerDynamics], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in [ax for row in axes for ax in row][len(results):]:
         ax.set_visible(False)
-    return _write_png(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def check_output_directory(directory: str | Path, overwrite: bool = False) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lrnn.atomic import atomic_write_text
-from lrnn.bench.timing import synchronize
+from lrnn.timing import synchronize
 from lrnn.models import LanguageModel, ModelConfig
 
 VOCAB = 50277  # GPT-NeoX tokenizer size used by mamba2-130m; padded to a multiple of 16 like the original

@@ -31,7 +31,7 @@ import sys
 import torch
 
 from lrnn.bench.cases import Case, as_leaves, case_by_name, forward_backward, grad_output
-from lrnn.bench.timing import release_memory, synchronize
+from lrnn.timing import release_memory, synchronize
 
 __all__ = ["Footprint", "MemoryModel", "fit_memory_model", "measure_footprint", "peak_above_inputs",
            "ScalingPoint", "measure_scaling", "scaling_exponent", "ESTIMATE_MARGIN", "GB"]

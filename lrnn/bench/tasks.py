@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lrnn.bench.report import render_table
-from lrnn.bench.timing import time_calls
+from lrnn.timing import time_calls
 from lrnn.models.io import atomic_write_text
 from lrnn.tasks import TASKS, make_task
 

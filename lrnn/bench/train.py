@@ -66,11 +66,12 @@ import torch
 from torch import nn
 
 from lrnn.atomic import atomic_write_text
+from lrnn.device import resolve_device
 from lrnn.bench.ops import machine_info
 from lrnn.bench.timing import disturbance, measure_matmul, release_memory, time_calls
-from lrnn.layers import (LSTM, MIXERS, S4D, Attention, DeltaNet, Mamba, Mamba2, mixer_spec)
+from lrnn.layers import LSTM, MIXERS, S4D, Attention, DeltaNet, Mamba, Mamba2, mixer_spec
 from lrnn.models import LanguageModel, ModelConfig
-from lrnn.tasks import IGNORE_INDEX, make_task
+from lrnn.tasks import make_task
 from lrnn.training import RunConfig, make_optimizer
 from lrnn.training.trainer import COMPILE_LENGTH_MULTIPLE, compile_model, pad_length, training_step
 
@@ -346,8 +347,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     unknown = [m for m in args.mixers or () if m not in MIXERS]
     if unknown:
         raise ValueError(f"--mixers: unknown mixer(s) {unknown}; known: {', '.join(MIXERS)}")
-    from lrnn.device import resolve_device
-
     device = resolve_device(args.device)
     mixers = list(dict.fromkeys([BASELINE, *(args.mixers or MIXERS)]))
     scale = args.scale if args.scale is not None else (CPU_LM_SCALE if device.type == "cpu" else 1.0)

@@ -18,17 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from lrnn.atomic import atomic_write_text
+from lrnn.paths import default_cache_dir
 from lrnn.validation import check_int, check_number
 
 __all__ = ["S4D_INITS", "PTD_VERSION", "PTDResult", "check_state_size", "hippo_legs", "legs_normal_part",
-           "legs_eigenvalues", "s4d_eigenvalues", "eigenvector_condition", "default_cache_dir", "ptd_legs"]
+           "legs_eigenvalues", "s4d_eigenvalues", "eigenvector_condition", "ptd_legs"]
 
 S4D_INITS = ("legs", "lin", "inv", "real", "ptd")
 """The names ``s4d_eigenvalues`` accepts."""
@@ -142,14 +142,6 @@ def eigenvector_condition(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     eigenvalues, V = torch.linalg.eig(matrix)
     s = torch.linalg.svdvals(V)
     return s[0] / s[-1], eigenvalues
-
-
-def default_cache_dir() -> Path:
-    """``$LRNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/lrnn``, else ``~/.cache/lrnn``."""
-    if os.environ.get("LRNN_CACHE_DIR"):
-        return Path(os.environ["LRNN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lrnn"
 
 
 def ptd_legs(N: int, gamma: float = 1.0, steps: int = 150, seed: int = 0,

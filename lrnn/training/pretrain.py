@@ -51,18 +51,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrnn.atomic import atomic_write_text, remove_temporaries
+from lrnn.atomic import atomic_write_text, remove_temporaries, save_figure
 from lrnn.data import (DEFAULT_CORPUS, EOS_TOKEN, PackedBatch, PackedRows, RowOrder, TextTokenizer, TokenShards,
                        build_shards, check_has_text, corpus_files, default_corpus_files, iter_corpus, train_tokenizer)
 from lrnn.data.shards import corpus_fingerprint
 from lrnn.jsonconfig import JsonConfig
 from lrnn.models import LanguageModel, ModelConfig, SpecialTokens
 from lrnn.models.tokenizer import TOKENIZER_NAME
+from lrnn.paths import default_cache_dir
 from lrnn.training.distributed import (PARALLEL_MODES, Processes, build_optimizer, clip_gradients, full_state_dict,
                                       gradient_sync, groups_by_name, load_sharded, parallelize, save_sharded,
                                       start_processes, stop_processes)
 from lrnn.training.optim import learning_rate, set_learning_rate
-from lrnn.training.report import _save_png
 from lrnn.training.trainer import _Log, _progress_bar, _remove_run_files, _truncate_log, read_log
 from lrnn.validation import check_flag, check_int, check_number
 
@@ -250,7 +250,7 @@ def open_pretrain(config: PretrainConfig, out_dir: str | Path, processes: Proces
     if holds_this_run and resume and (run_dir / RESULT_FILE).is_file():
         raise ValueError(f"{run_dir} holds this run, finished (result.json); its model is {run_dir / MODEL_DIR}. "
                          "Pass --no-resume to train it again or another --out")
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = corpus_files(config.data) if config.data else default_corpus_files()
     corpus = ", ".join(config.data) if config.data else f"{DEFAULT_CORPUS} ({len(files)} files)"
     check_has_text(files)
@@ -288,11 +288,6 @@ def open_pretrain(config: PretrainConfig, out_dir: str | Path, processes: Proces
     return Pretraining(config, run_dir, processes, tokenizer, shards, corpus, model, plain, optimizer, start,
                        seconds, from_world)
 
-
-def _default_cache_dir() -> Path:
-    from lrnn.ops.hippo import default_cache_dir
-
-    return default_cache_dir()
 
 
 def _shared(processes: Processes, make: Callable[[], Any]) -> Any:
@@ -550,7 +545,7 @@ def _train(run: Pretraining, stop_after: int | None, quiet: bool) -> dict:
 def _matmul_rate(config: PretrainConfig, processes: Processes) -> float:
     """FLOP/s of a square matmul on this process's device in the training dtype (1024 on the CPU, where a
     4096 one takes seconds; 4096 on a GPU)."""
-    from lrnn.bench.timing import measure_matmul
+    from lrnn.timing import measure_matmul
 
     dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
     size = 4096 if processes.device.type == "cuda" else 1024
@@ -590,7 +585,7 @@ def plot_curves(log_path: Path, png_path: Path) -> Path:
     right.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    return _save_png(fig, png_path)
+    return save_figure(fig, png_path)
 
 
 def pretrain(config: PretrainConfig, out_dir: str | Path, *, resume: bool = True, force: bool = False,

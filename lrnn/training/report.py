@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrnn.atomic import atomic_write, atomic_write_text
+from lrnn.atomic import atomic_write_text, save_figure
 from lrnn.layers import label_order
 from lrnn.training.config import RESULT_NEUTRAL_FIELDS, config_differences
 
@@ -231,7 +231,7 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
     ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(min(-0.25, lowest - 0.05), 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    return _save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def _without_range(label: str) -> str:
@@ -245,18 +245,6 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 """One marker per model of a plot (with 10 colours, every pair is distinct for up to 60 models)."""
 _SOLID_STYLE = dict(linestyle="-", linewidth=1.8, markersize=5)
 _DASHED_STYLE = dict(linestyle=(0, (5, 3)), linewidth=1.2, markersize=5, markerfacecolor="white")
-
-
-def _save_png(fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
-    return Path(path)
 
 
 def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metric: str) -> Path:
@@ -278,7 +266,7 @@ def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metri
     ax.set(ylabel=metric, title=title, ylim=(min(-0.05, min(scores) - 0.1), 1.05))
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.grid(axis="y", alpha=0.3)
-    return _save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def report_files(tasks: list[str]) -> list[str]:

@@ -311,9 +311,10 @@ def evaluate_run(model: LanguageModel, config: RunConfig, device: str | torch.de
 
 
 COMPILE_LENGTH_MULTIPLE = 8
-"""``compile_model``'s callers pad batch lengths up to a multiple of this (``pad_length``): mixers with a
-Python loop over time (Mamba's CPU scan, the LSTM) or a chunk count specialise a compiled graph on the
-length, so lengths 3-40 compile 5 graphs instead of 38."""
+"""``compile_model``'s callers pad batch lengths up to a multiple of this (``pad_length``): a mixer whose
+compiled graph specialises on the length (the LSTM's Python loop over time) then compiles at most 5
+graphs for lengths 3-40, instead of one per length until torch's recompilation limit (8) falls back to
+eager."""
 
 
 def compile_model(model: torch.nn.Module, backend: str | Callable = "inductor") -> torch.nn.Module:

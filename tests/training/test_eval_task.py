@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import Echo, PrefixParity, tiny_config
+from training_testkit import Echo, PrefixParity, tiny_config
 from lrnn.tasks import TASKS, make_task
 from lrnn.training import evaluate, make_eval_task, read_log, train
 from lrnn.training.trainer import _check_same_run

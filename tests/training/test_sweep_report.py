@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import tiny_config
+from training_testkit import tiny_config
 from lrnn.training import train
 from lrnn.training.report import (PUBLISHED, cell_statistics, collect_results, markdown_table, median_mad,
                                    plot_curves, published_table, write_report)
@@ -180,7 +180,7 @@ def figures(monkeypatch):
     import lrnn.training.report as report
 
     drawn = []
-    monkeypatch.setattr(report, "_save_png", lambda fig, path: drawn.append(fig))
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.append(fig))
     yield drawn
     for fig in drawn:
         plt.close(fig)

@@ -13,7 +13,7 @@ from lrnn.cli import build_parser, main
 from lrnn.training import train
 from lrnn.training.report import markdown_table, prepare_report
 
-from conftest import tiny_config
+from training_testkit import tiny_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

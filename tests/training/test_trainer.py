@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from training_testkit import tiny_config
 from lrnn.device import resolve_device
 from lrnn.training import RunConfig, evaluate, load_run, make_eval_task, open_run, read_log, train
 

@@ -82,7 +82,7 @@ def _check_output_file(path: str | os.PathLike, flag: str) -> None:
 
 
 # ---- demo --------------------------------------------------------------------------------------
-DEMO_STEPS_HELP = "DeltaNet 1200, Mamba-2 600, Mamba 2500"  # lrnn.demo.DEMO_SETTINGS (tested to agree)
+DEMO_STEPS_HELP = "DeltaNet 1200, Mamba-2 600, Mamba 2500"  # lrnn.cli.demo.DEMO_SETTINGS (tested to agree)
 
 
 def _add_demo(sub) -> None:
@@ -107,7 +107,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from lrnn.demo import run_ops_demo, run_parity_demo
+    from lrnn.cli.demo import run_ops_demo, run_parity_demo
 
     _set_threads(args.threads)
     if args.ops:
@@ -844,9 +844,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CommandError as err:
-        parser.exit(2, f"lrnn {args.command}: error: {err}\n")
-    except (ValueError, TypeError, FileNotFoundError) as err:  # TRANSITIONAL: removed once every runner uses user_input()
-        # User errors (bad task name, missing checkpoint, ...) get one line, not a traceback.
         parser.exit(2, f"lrnn {args.command}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"lrnn {args.command}: interrupted\n")
