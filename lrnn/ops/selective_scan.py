@@ -67,13 +67,11 @@ def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment)
     dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     batch, length, channels = v.shape
-    if length == 0:  # nothing to scan: the state stays as it was
-        final = (torch.zeros(batch, channels, A.shape[1], dtype=dtype, device=v.device) if initial_state is None
-                 else initial_state.to(dtype))
-        return v.new_zeros(v.shape), (final if output_final_state else None)
-    segment = math.ceil(math.sqrt(length / 2)) if segment is None else segment
     h0 = (torch.zeros(batch, channels, A.shape[1], dtype=dtype, device=v.device) if initial_state is None
           else initial_state.to(dtype))
+    if length == 0:  # nothing to scan: the state stays as it was
+        return v.new_zeros(v.shape), (h0 if output_final_state else None)
+    segment = math.ceil(math.sqrt(length / 2)) if segment is None else segment
     y, final = _SelectiveScan.apply(v.to(dtype), dt.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype), h0,
                                     negative_eigenvalues, segment)
     return y.to(v.dtype), (final if output_final_state else None)

@@ -81,7 +81,8 @@ def test_cli_runs_and_writes_the_report(monkeypatch, tmp_path, capsys):
     _tiny_configs(monkeypatch)
     out = tmp_path / "train.json"
     code = lrnn.cli.main(["bench", "train", "--configs", "parity", "words", "--mixers", "deltanet", "--steps", "1",
-                          "--rounds", "2", "--matmul-size", "64", "--chunk-size", "4", "--markdown", "--json", str(out)])
+                          "--rounds", "2", "--matmul-size", "64", "--chunk-size", "4", "--markdown",
+                          "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["threads"] == 1 and report["modes"] == ["eager"]

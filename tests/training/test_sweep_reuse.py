@@ -111,6 +111,6 @@ def test_the_plan_is_printed_and_recorded(tmp_path, capsys):
 
 
 def test_an_in_process_sweep_keeps_the_callers_thread_count(tmp_path):
-    torch.set_num_threads(2)  # the autouse fixture restores the thread count afterwards
+    torch.set_num_threads(2)  # the autouse fixture (tests/conftest.py) restores the thread count afterwards
     run_plan(plan_sweep(tiny_spec(), tmp_path, report=False), threads=1, quiet=True)
     assert torch.get_num_threads() == 2
