@@ -1,4 +1,4 @@
-"""``python -m lrnn.bench ops``: speed and memory of the core operators, in both modes.
+"""``lrnn bench ops``: speed and memory of the core operators, in both modes.
 
 For every case (an op at a shape, see ``lrnn.bench.cases``) and mode (``chunk``, ``recurrent``) it times
 the forward pass and forward+backward, converts the times to GFLOP/s with the chunked-algorithm FLOP
@@ -18,18 +18,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lrnn.atomic import atomic_write_text
 from lrnn.device import resolve_device
 from lrnn.ops import compute_dtype
 from lrnn.bench import report as report_mod
@@ -40,7 +37,7 @@ from lrnn.bench.memory import (ESTIMATE_MARGIN, GB, MemoryModel, ScalingPoint, f
 from lrnn.bench.timing import (DISTURBED, MAX_PROBE_SLOWDOWN, MAX_REPEAT_SPREAD, MatmulReference, Timing,
                                disturbance, measure_matmul, release_memory, time_calls)
 
-__all__ = ["add_arguments", "run", "main", "Settings", "machine_info"]
+__all__ = ["add_arguments", "run", "Settings", "machine_info"]
 
 MODES = ("chunk", "recurrent")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -444,7 +441,7 @@ def run(s: Settings, command: str, log: Log = _log) -> dict[str, Any]:
 def _run(s: Settings, command: str, log: Log) -> dict[str, Any]:
     machine = machine_info(s.device)
     load = machine["load_average_at_start"]
-    log(f"lrnn.bench ops: device {s.device}, dtype {str(s.dtype).removeprefix('torch.')}, torch {machine['torch']}, "
+    log(f"lrnn bench ops: device {s.device}, dtype {str(s.dtype).removeprefix('torch.')}, torch {machine['torch']}, "
         f"{machine['torch_threads']} intra-op thread(s), {machine['cpu_model']}, {machine['logical_cores']} logical "
         f"cores, 1-minute load average {'unknown' if load is None else f'{load:.2f}'}")
     if load is not None and load > 0.5:
@@ -485,23 +482,6 @@ def _run(s: Settings, command: str, log: Log) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m lrnn.bench ops") -> int:
-    """Parse ``argv`` (the arguments after ``ops``), run, print the report, write JSON if asked."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv), " ".join([prog, *map(shlex.quote, argv)]), parser)
-
-
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:
-    """Resolve settings (usage errors go through ``parser.error``), run, and emit the report."""
-    try:
-        settings = settings_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    report = run(settings, command)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
-        _log(f"wrote {args.json}")
-    print(report_mod.render(report, markdown=args.markdown), end="")
-    return 0
+    """``lrnn bench ops``: resolve the settings, run, print the report, write JSON if asked."""
+    return report_mod.run_and_emit(args, command, parser, settings_from_args, run, report_mod.render)

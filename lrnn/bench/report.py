@@ -6,10 +6,15 @@ carries the FLOP definitions and notes, so it can be pasted into ``docs/benchmar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["render", "render_table", "format_seconds"]
+from lrnn.atomic import atomic_write_text
+
+__all__ = ["render", "render_table", "format_seconds", "run_and_emit"]
 
 Report = Mapping[str, Any]
 
@@ -208,3 +213,21 @@ def render(report: Report, markdown: bool = False) -> str:
     lines += [""] + scaling if scaling else []
     lines += [""] + _notes(report, bullet)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def run_and_emit(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser,
+                 settings_from_args: Callable[[argparse.Namespace], Any], run: Callable[[Any, str], dict],
+                 render_report: Callable[..., str]) -> int:
+    """The tail every benchmark subcommand shares: settings from the flags (a ValueError is a usage error,
+    through ``parser.error``), the run, the rendered report on stdout (``--markdown`` for markdown) and,
+    with ``--json PATH``, the report as JSON, written atomically."""
+    try:
+        settings = settings_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    report = run(settings, command)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr, flush=True)
+    print(render_report(report, markdown=args.markdown), end="")
+    return 0

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -65,9 +64,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrnn.atomic import atomic_write_text
 from lrnn.device import resolve_device
 from lrnn.bench.ops import machine_info
+from lrnn.bench.report import run_and_emit
 from lrnn.bench.timing import disturbance, measure_matmul, release_memory, time_calls
 from lrnn.layers import LSTM, MIXERS, S4D, Attention, DeltaNet, Mamba, Mamba2, mixer_spec
 from lrnn.models import LanguageModel, ModelConfig
@@ -541,14 +540,5 @@ def render(report: dict[str, Any], markdown: bool = False) -> str:
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:
-    """Resolve the settings (usage errors through ``parser.error``), run, print, write JSON if asked."""
-    try:
-        settings = settings_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    report = run(settings, command)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-        _log(f"wrote {args.json}")
-    print(render(report, markdown=args.markdown), end="")
-    return 0
+    """``lrnn bench train``: resolve the settings, run, print the report, write JSON if asked."""
+    return run_and_emit(args, command, parser, settings_from_args, run, render)

@@ -82,7 +82,7 @@ def _check_output_file(path: str | os.PathLike, flag: str) -> None:
 
 
 # ---- demo --------------------------------------------------------------------------------------
-DEMO_STEPS_HELP = "DeltaNet 1200, Mamba-2 600, Mamba 2500"  # lrnn.cli.demo.DEMO_SETTINGS (tested to agree)
+DEMO_STEPS_HELP = "DeltaNet 2500, Mamba-2 600, Mamba 2500"  # lrnn.cli.demo.DEMO_SETTINGS (tested to agree)
 
 
 def _add_demo(sub) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from lrnn.bench import main
 from lrnn.bench.ops import Settings, add_arguments, bench_case, settings_from_args
-from lrnn.bench.ops import main as ops_main
+from lrnn.cli import main as lrnn_main
 from lrnn.bench.report import render
 from lrnn.bench.timing import DISTURBED, disturbance
 from lrnn.bench.cases import decay_recurrence_flops, default_cases, delta_rule_flops, quick_cases
@@ -171,8 +171,8 @@ def test_threads_default_to_one_on_the_cpu_and_are_restored(tmp_path: Path):
     before = torch.get_num_threads()
     out = tmp_path / "bench.json"
     threads = 2 if before == 1 else 1  # differs from the current count, so the run must set it
-    assert ops_main(["--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk", "--threads",
-                 str(threads), "--json", str(out)]) == 0
+    assert lrnn_main(["bench", "ops", "--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk",
+                      "--threads", str(threads), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["settings"]["threads"] == threads and report["machine"]["torch_threads"] == threads
     assert torch.get_num_threads() == before
@@ -180,7 +180,7 @@ def test_threads_default_to_one_on_the_cpu_and_are_restored(tmp_path: Path):
 
 def test_report_shows_disturbed_rows_and_their_evidence(tmp_path: Path):
     out = tmp_path / "bench.json"
-    ops_main(["--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk", "--json", str(out)])
+    lrnn_main(["bench", "ops", "--quick", "--no-memory", "--ops", "short_conv", "--modes", "chunk", "--json", str(out)])
     report = json.loads(out.read_text())
     fwd = next(r for r in report["results"] if r["pass"] == "fwd")
     fwd["disturbed"] = f"{DISTURBED} (matmul probe beside it at 20% of the run's best)"
