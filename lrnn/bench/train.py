@@ -23,7 +23,8 @@ DeltaProduct with n_h = 2 (its default); every other size is the mixer's default
 ``P_matmul`` counts the weights of every ``nn.Linear`` (projections, LSTM gates, the head; a tied head
 counts, the embedding lookup does not); 3 = forward + a backward counted as twice the forward (the
 usual 6 x parameters x tokens). ``core`` is the mixer's token-mixing work per position, forward, in its
-recurrent form (the chunked forms do more arithmetic than this, which is not credited):
+recurrent form (the chunked forms do more arithmetic than this, which is not credited); each rule is its
+mixer's registry entry (``MixerSpec.core_flops``):
 
 * Transformer: ``4 x T x d_model`` (``Q K^T`` and ``scores V`` over all T keys: the PaLM convention,
   not halved for causality);
@@ -68,7 +69,7 @@ from lrnn.device import resolve_device
 from lrnn.bench.ops import machine_info
 from lrnn.bench.report import run_and_emit
 from lrnn.bench.timing import disturbance, measure_matmul, release_memory, time_calls
-from lrnn.layers import LSTM, MIXERS, S4D, Attention, DeltaNet, Mamba, Mamba2, mixer_spec
+from lrnn.layers import MIXERS, mixer_spec
 from lrnn.models import LanguageModel, ModelConfig
 from lrnn.tasks import make_task
 from lrnn.training import RunConfig, make_optimizer
@@ -140,34 +141,20 @@ def matmul_parameters(model: nn.Module) -> int:
     return sum(module.weight.numel() for module in model.modules() if isinstance(module, nn.Linear))
 
 
-def _delta_core(mixer: DeltaNet, length: int) -> int:
-    return (4 * mixer.num_householder + 2) * mixer.num_heads * mixer.head_dim * mixer.value_dim
-
-
-CORE_FLOPS: dict[type, Callable[[Any, int], int]] = {
-    Attention: lambda m, length: 4 * length * m.num_heads * m.head_dim,
-    Mamba2: lambda m, length: 4 * m.d_state * m.d_inner,
-    Mamba: lambda m, length: 4 * m.d_state * m.d_inner,
-    DeltaNet: _delta_core,
-    S4D: lambda m, length: 4 * m.d_state * m.d_model,
-    LSTM: lambda m, length: 0,
-}
-"""Mixer class -> forward core FLOPs per position at sequence length T (see the module docstring)."""
-
-
-def core_flops_per_token(mixer: nn.Module, length: int) -> int:
-    """Forward token-mixing FLOPs of ``mixer`` per position of a length-``length`` sequence."""
-    for cls in type(mixer).__mro__:
-        if cls in CORE_FLOPS:
-            return CORE_FLOPS[cls](mixer, length)
-    raise ValueError(f"no model-FLOP rule for mixer class {type(mixer).__name__}: add one to "
-                     "lrnn.bench.train.CORE_FLOPS")
+def core_flops_per_token(mixer_name: str, mixer: nn.Module, length: int) -> int:
+    """Forward token-mixing FLOPs per position of the built mixer ``mixer`` (registered as ``mixer_name``)
+    on length-``length`` sequences: its registry entry's ``core_flops`` rule."""
+    rule = mixer_spec(mixer_name).core_flops
+    if rule is None:
+        raise ValueError(f"mixer {mixer_name!r} has no model-FLOP rule: give its MixerSpec a core_flops")
+    return rule(mixer, length)
 
 
 def model_flops(model: LanguageModel, batch_size: int, length: int) -> int:
     """Forward model FLOPs of ``model`` on ``batch_size`` sequences of ``length`` positions."""
     positions = batch_size * length
-    core = sum(core_flops_per_token(block.mixer, length) for block in model.layers)
+    core = sum(core_flops_per_token(name, block.mixer, length)
+               for name, block in zip(model.config.layer_mixers(), model.layers))
     return 2 * matmul_parameters(model) * positions + core * positions
 
 

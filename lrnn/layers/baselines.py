@@ -140,6 +140,8 @@ class LSTM(nn.Module):
 
 ATTENTION = register(MixerSpec(
     name="attention", label="Transformer", summary="causal softmax attention with RoPE (the Transformer baseline)",
-    build=Attention, fields={"heads": "num_heads"}, small={"num_heads": 2}))
+    build=Attention, fields={"heads": "num_heads"}, small={"num_heads": 2},
+    core_flops=lambda layer, length: 4 * length * layer.num_heads * layer.head_dim))  # q k^T and p v over all T keys (PaLM: not halved)
 LSTM_SPEC = register(MixerSpec(
-    name="lstm", label="LSTM", summary="a single-layer LSTM (the nonlinear recurrent baseline)", build=LSTM))
+    name="lstm", label="LSTM", summary="a single-layer LSTM (the nonlinear recurrent baseline)", build=LSTM,
+    core_flops=lambda layer, length: 0))  # its recurrent matmul is an nn.Linear, counted with the projections

@@ -145,6 +145,12 @@ class DeltaProduct(DeltaNet):
         super().__init__(d_model, num_householder=num_householder, **kwargs)
 
 
+def _delta_core_flops(layer: DeltaNet, length: int) -> int:
+    """Per head and position: n_h delta steps (k^T H and the rank-1 update, 2 K V each) and the readout
+    H^T q (2 K V)."""
+    return (4 * layer.num_householder + 2) * layer.num_heads * layer.head_dim * layer.value_dim
+
+
 _DELTA_FIELDS = {"heads": "num_heads", "n_h": "num_householder", "chunk_size": "chunk_size"}
 # DeltaNet / Gated DeltaNet take n_h too (a gated DeltaNet with n_h = 2 is a gated DeltaProduct); their
 # labels show it only when it is not 1. DeltaProduct's always do.
@@ -153,14 +159,15 @@ _HIDDEN_N_H = Variant("num_householder", generic_field="n_h", label="{label} n_h
 DELTANET = register(MixerSpec(
     name="deltanet", label="DeltaNet", summary="DeltaNet: the delta rule, eigenvalues 1 - beta",
     build=DeltaNet, eigenvalue_switch=True, fields=_DELTA_FIELDS, variant=_HIDDEN_N_H,
-    small={"num_heads": 2, "chunk_size": 8}))
+    small={"num_heads": 2, "chunk_size": 8}, core_flops=_delta_core_flops))
 GATED_DELTANET = register(MixerSpec(
     name="gated_deltanet", label="Gated DeltaNet", summary="Gated DeltaNet: the delta rule with a decay gate",
     build=GatedDeltaNet, eigenvalue_switch=True, fields=_DELTA_FIELDS, variant=_HIDDEN_N_H,
-    small={"num_heads": 2, "chunk_size": 8}))
+    small={"num_heads": 2, "chunk_size": 8}, core_flops=_delta_core_flops))
 DELTAPRODUCT = register(MixerSpec(
     name="deltaproduct", label="DeltaProduct",
     summary="DeltaProduct: n_h Householder steps per token (n_h = 2 by default)",
     build=DeltaProduct, eigenvalue_switch=True, fields=_DELTA_FIELDS,
     variant=Variant("num_householder", generic_field="n_h", label="{label} n_h={value}"),
-    small={"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8}))
+    small={"num_heads": 2, "num_householder": 2, "use_forget_gate": True, "chunk_size": 8},
+    core_flops=_delta_core_flops))

@@ -221,9 +221,11 @@ def _mamba2_headdim(heads: int, d_model: int, mixer_kwargs) -> dict:
 MAMBA = register(MixerSpec(
     name="mamba", label="Mamba", summary="Mamba (S6): selective scan with a decay per channel and state",
     build=Mamba, eigenvalue_switch=True, fields={"d_state": "d_state", "chunk_size": "chunk_size"},
-    small={"d_state": 4, "chunk_size": 8}))
+    small={"d_state": 4, "chunk_size": 8},
+    core_flops=lambda layer, length: 4 * layer.d_state * layer.d_inner))  # k v^T and H^T q, per (channel, state)
 MAMBA2 = register(MixerSpec(
     name="mamba2", label="Mamba-2", summary="Mamba-2 (SSD): one decay per head, chunked state-space duality",
     build=Mamba2, eigenvalue_switch=True,
     fields={"heads": _mamba2_headdim, "d_state": "d_state", "chunk_size": "chunk_size"},
-    small={"d_state": 8, "headdim": 8, "chunk_size": 8}))
+    small={"d_state": 8, "headdim": 8, "chunk_size": 8},
+    core_flops=lambda layer, length: 4 * layer.d_state * layer.d_inner))  # k v^T and H^T q: 4 N P per head

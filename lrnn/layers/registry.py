@@ -84,6 +84,9 @@ class MixerSpec:
         variant: its ``"name:VALUE"`` axis in sweeps, if any.
         small: small constructor arguments for smoke tests and device checks (chunk sizes that make a few
             dozen tokens span several chunks).
+        core_flops: ``core_flops(layer, T) -> int``, the forward token-mixing FLOPs per position of a
+            built layer on length-T sequences, beyond its ``nn.Linear`` projections (model-FLOP
+            accounting, ``lrnn bench train``); None: no rule.
     """
 
     name: str
@@ -94,6 +97,7 @@ class MixerSpec:
     fields: Mapping[str, str | FieldRule] = field(default_factory=dict)
     variant: Variant | None = None
     small: Mapping[str, Any] = field(default_factory=dict)
+    core_flops: Callable[[nn.Module, int], int] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.fields) - set(GENERIC_FIELDS))

@@ -153,4 +153,5 @@ S4D_SPEC = register(MixerSpec(
     name="s4d", label="S4D", summary="S4D: linear time-invariant diagonal SSM (FFT kernel; inits legs/lin/inv/real/ptd)",
     build=S4D, fields={"d_state": "d_state"},
     variant=Variant("init", choices=INIT_LABELS, label="{label}-{display}", tag="{name}-{value}"),
-    small={"d_state": 8}))
+    small={"d_state": 8},
+    core_flops=lambda layer, length: 4 * layer.d_state * layer.d_model))  # a diagonal state per channel

@@ -46,9 +46,18 @@ def test_flops_of_a_tiny_deltaproduct_by_hand():
     assert bench_train.model_flops(model, 2, 5) == 2 * 432 * 10 + 320 * 10
 
 
-def test_a_mixer_without_a_flop_rule_is_refused():
-    with pytest.raises(ValueError, match="no model-FLOP rule for mixer class Linear"):
-        bench_train.core_flops_per_token(torch.nn.Linear(2, 2), 5)
+def test_a_mixer_without_a_flop_rule_is_refused(monkeypatch):
+    import dataclasses
+
+    from lrnn.layers import MIXERS
+
+    monkeypatch.setitem(MIXERS, "lstm", dataclasses.replace(MIXERS["lstm"], core_flops=None))
+    with pytest.raises(ValueError, match="mixer 'lstm' has no model-FLOP rule"):
+        bench_train.core_flops_per_token("lstm", torch.nn.Linear(2, 2), 5)
+
+
+def test_every_registered_mixer_has_a_flop_rule():
+    assert all(spec.core_flops is not None for spec in MIXERS.values())
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
