@@ -53,7 +53,7 @@ class Attention(nn.Module):
         valid = torch.ones(b, t, dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
         all_valid = valid if past_valid is None else torch.cat([past_valid, valid], dim=1)
         document = None if seq_starts is None else _documents(seq_starts, all_valid.shape[1])  # [B, total]
-        positions = _positions(all_valid, document)[:, -t:]
+        positions = _positions(all_valid, document)[:, all_valid.shape[1] - t:]  # not [:, -t:]: t may be 0
         q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
         if state is not None:
             if "k" in state:
@@ -135,7 +135,8 @@ class LSTM(nn.Module):
             outs.append(h)
         if state is not None:
             state["h"], state["c"] = h, c
-        return self.out_proj(torch.stack(outs, dim=1))
+        hs = torch.stack(outs, dim=1) if outs else hidden.new_zeros(b, 0, self.hidden_size)  # T = 0: no step
+        return self.out_proj(hs)
 
 
 ATTENTION = register(MixerSpec(

@@ -66,7 +66,7 @@ class GatedRMSNorm(nn.Module):
         x = wide(x)
         if z is not None and not self.norm_before_gate:
             x = x * F.silu(wide(z))
-        groups = x.reshape(*x.shape[:-1], -1, self.group_size)
+        groups = x.reshape(*x.shape[:-1], x.shape[-1] // self.group_size, self.group_size)  # no -1: T may be 0
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         y = groups.reshape(x.shape) * wide(self.weight)
         if z is not None and self.norm_before_gate:

@@ -82,9 +82,8 @@ def delta_rule(
     elif mode == "recurrent":
         o, state = _recurrent(q * scale, k, v, beta, g, s, state, num_householder)
     else:
-        q, g, s = _flatten_householder(q * scale, g, s, num_householder)
-        o, state = _chunked(q, k, v, beta, g, s, state, chunk_size)
-        o = o[:, num_householder - 1::num_householder]
+        g, s = _spread_gate(g, s, num_householder)
+        o, state = _chunked(q * scale, k, v, beta, g, s, state, chunk_size, query_every=num_householder)
     return o.to(out_dtype), (state if output_final_state else None)
 
 
@@ -189,20 +188,17 @@ def _recurrent(q, k, v, beta, g, s, state, n_h):
     return torch.stack(outs, dim=1), state
 
 
-def _flatten_householder(q, g, s, n_h):
-    """Spread per-token q and gate over the n_h sub-steps: gate on the first, query on the last."""
-    if n_h == 1:
-        return q, g, s
+def _spread_gate(g, s, n_h):
+    """Spread the per-token gate [B, T, H] over the n_h sub-steps [B, T*n_h, H]: ``a_t`` on the first, 1 after."""
+    if n_h == 1 or g is None:
+        return g, s
 
-    def spread(x, position, fill):
+    def spread(x, fill):
         out = x.new_full((x.shape[0], x.shape[1], n_h, *x.shape[2:]), fill)
-        out[:, :, position] = x
+        out[:, :, 0] = x
         return out.flatten(1, 2)
 
-    q = spread(q, n_h - 1, 0.0)
-    g = None if g is None else spread(g, 0, 0.0)
-    s = None if s is None else spread(s, 0, 1.0)
-    return q, g, s
+    return spread(g, 0.0), spread(s, 1.0)
 
 
 def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):

@@ -183,3 +183,18 @@ def test_a_spec_names_only_generic_fields():
     with pytest.raises(ValueError, match="not generic fields"):
         MixerSpec(name="bad", label="Bad", summary="", build=_Toy, fields={"width": "width"})
     assert set(GENERIC_FIELDS) == {"heads", "n_h", "d_state", "chunk_size"}
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_every_mixer_maps_an_empty_sequence_to_an_empty_one_and_keeps_its_state(name):
+    """T = 0 used to fail in the LSTM (stacking no steps) and in the gated norms of Mamba-2 and Gated
+    DeltaNet (a -1 in a reshape of an empty tensor)."""
+    spec = MIXERS[name]
+    torch.manual_seed(0)
+    layer = spec.build(16, **spec.small).double()
+    assert layer(torch.randn(2, 0, 16, dtype=torch.float64)).shape == (2, 0, 16)
+    state: dict = {}
+    layer(torch.randn(2, 5, 16, dtype=torch.float64), state)
+    before = {key: value.clone() for key, value in state.items()}
+    assert layer(torch.randn(2, 0, 16, dtype=torch.float64), state).shape == (2, 0, 16)
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in before)
