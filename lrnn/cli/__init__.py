@@ -513,6 +513,9 @@ def _add_generate(sub) -> None:
                       help="most draft tokens verified per forward of the model (default 4)")
     spec.add_argument("--ngram", type=_positive_int, default=None,
                       help="longest n-gram that --speculative lookup matches (default 3; shorter ones are tried next)")
+    spec.add_argument("--tree", type=_branching, default=None, metavar="B1,B2,..",
+                      help="verify a draft tree instead of a chain: B_d children per node at depth d (e.g. 2,2,1: "
+                           "the draft model's top-k, or the continuations of several lookup matches); with --greedy")
 
 
 def _speculative_decode(args: argparse.Namespace, model, dtype):
@@ -523,24 +526,42 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
     from lrnn.models import ModelDrafter, PromptLookupDrafter, SpeculativeStats, speculative_generate
     from lrnn.models.interop import load_model
     from lrnn.models.speculative import check_drafter
+    from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDrafter, check_tree_drafter,
+                                              tree_speculative_generate)
 
-    unused = {"lookup": ("draft_model",), "draft": ("ngram",), None: ("draft_model", "draft_tokens", "ngram")}
+    unused = {"lookup": ("draft_model",), "draft": ("ngram",), None: ("draft_model", "draft_tokens", "ngram", "tree")}
     given = ["--" + name.replace("_", "-") for name in unused[args.speculative] if getattr(args, name) is not None]
     if given:
         context = "without --speculative" if args.speculative is None else f"with --speculative {args.speculative}"
         raise CommandError(f"{', '.join(given)} cannot be used {context}")
     if args.speculative is None:
         return None, None
+    if args.speculative == "draft" and args.draft_model is None:
+        raise CommandError("--speculative draft needs --draft-model DIR")
+    tree = args.tree is not None  # a draft tree (greedy only), else a chain
+    if tree and not args.greedy:
+        raise CommandError("--tree verifies greedily only: add --greedy (sampled speculative decoding uses a chain)")
+    if tree and args.draft_tokens is not None:
+        raise CommandError("--draft-tokens cannot be used with --tree (the tree's branching sets its size)")
     if args.speculative == "draft":
-        if args.draft_model is None:
-            raise CommandError("--speculative draft needs --draft-model DIR")
-        drafter = ModelDrafter(load_model(args.draft_model, None, dtype))
-        check_drafter(drafter, model)
+        drafter = (ModelTreeDrafter if tree else ModelDrafter)(load_model(args.draft_model, None, dtype))
+        (check_tree_drafter if tree else check_drafter)(drafter, model)
     else:
-        drafter = PromptLookupDrafter() if args.ngram is None else PromptLookupDrafter(args.ngram)
+        lookup = PromptLookupTreeDrafter if tree else PromptLookupDrafter
+        drafter = lookup() if args.ngram is None else lookup(args.ngram)
     stats = SpeculativeStats()
+    if tree:
+        return partial(tree_speculative_generate, drafter=drafter, branching=args.tree, stats=stats), stats
     options = {} if args.draft_tokens is None else {"num_draft_tokens": args.draft_tokens}
     return partial(speculative_generate, drafter=drafter, stats=stats, **options), stats
+
+
+def _branching(text: str) -> tuple[int, ...]:
+    """``--tree`` "2,2,1" -> (2, 2, 1): children per node at each depth, positive ints."""
+    parts = text.split(",")
+    if not all(part.strip().isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 2,2,1), got {text!r}")
+    return tuple(int(part) for part in parts)
 
 
 def _run_generate(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import document_starts
+from lrnn.layers.common import document_starts, forward_tree_by_paths
 from lrnn.layers.registry import MixerSpec, register
-from lrnn.ops import compute_dtype
+from lrnn.ops import TokenTree, compute_dtype, tree_attention, tree_positions
 from lrnn.validation import check_positive
 
 State = dict[str, torch.Tensor]
@@ -74,6 +74,21 @@ class Attention(nn.Module):
                                              attn_mask=allowed)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: each node attends to the
+        cached real tokens and its ancestors-or-self (``tree_attention``), rotated at position = cached real
+        tokens + depth, where the node would sit with its path appended. The cache is read, not changed."""
+        b, n, d = hidden.shape
+        q, k, v = self.qkv(hidden).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+        past_valid = None if state is None else state.get("valid")
+        past = 0 if past_valid is None else past_valid.sum(1)
+        positions = tree_positions(tree, past).to(hidden.device).expand(b, n)
+        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        cached = state is not None and "k" in state
+        out = tree_attention(q, k, v, parents=tree, past_k=state["k"] if cached else None,
+                             past_v=state["v"] if cached else None, past_valid=past_valid if cached else None)
+        return self.o_proj(out.reshape(b, n, d))
+
 
 def _documents(seq_starts: torch.Tensor, total: int) -> torch.Tensor:
     """The document index of every key [B, total] (cached keys first, then the T new tokens, whose
@@ -137,6 +152,11 @@ class LSTM(nn.Module):
             state["h"], state["c"] = h, c
         hs = torch.stack(outs, dim=1) if outs else hidden.new_zeros(b, 0, self.hidden_size)  # T = 0: no step
         return self.out_proj(hs)
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """The tree path of the nonlinear LSTM: no tree form, so each node runs its own root-to-node path
+        from the cached (h, c) (``forward_tree_by_paths``; exact, one forward per node). hidden [B, N, d]."""
+        return forward_tree_by_paths(self, hidden, state, tree)
 
 
 ATTENTION = register(MixerSpec(

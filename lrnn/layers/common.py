@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.ops import check_seq_starts, compute_dtype, short_conv
+from lrnn.ops import TokenTree, check_seq_starts, compute_dtype, short_conv, tree_path, tree_short_conv
 from lrnn.validation import check_positive
 
 
@@ -119,6 +119,17 @@ class ShortConv(nn.Module):
         state[name] = window[:, 1:].clone(memory_format=torch.contiguous_format)  # standard strides
         return y
 
+    def forward_tree(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None, tree: TokenTree,
+                     name: str = "conv") -> torch.Tensor:
+        """x [B, N, D] over the N nodes of ``tree`` -> [B, N, D], each node's window along its root-to-node
+        path after the committed inputs in ``state[name]`` (read, not changed; absent: zeros)."""
+        initial = None if state is None else state.get(name)
+        y, _ = tree_short_conv(x, self.weight.squeeze(1).to(x.dtype),
+                               None if self.bias is None else self.bias.to(x.dtype), parents=tree,
+                               activation=self.activation,
+                               initial_state=None if initial is None else initial.to(x.dtype))
+        return y
+
 
 def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:
     """Inverse softplus of dt ~ log-uniform[dt_min, dt_max] (floored): softplus(bias) starts at dt."""
@@ -175,3 +186,22 @@ def document_starts(seq_starts: torch.Tensor | None, hidden: torch.Tensor,
     if mask is not None:
         raise ValueError("seq_starts (packed documents) and a padding mask cannot be combined: pass one of them")
     return seq_starts
+
+
+def forward_tree_by_paths(layer: nn.Module, hidden: torch.Tensor, state: dict[str, torch.Tensor] | None,
+                          tree: TokenTree) -> torch.Tensor:
+    """The tree path of a mixer without a tree form (LSTM, S4D): node m's output is the last output of
+    ``layer`` run over m's root-to-node path from a copy of ``state``. hidden [B, N, d] -> [B, N, d_out].
+
+    Exact by construction; costs one forward per node over its path (sum of depths + N tokens), so it
+    suits the small verification trees only. ``state`` is not changed (each run gets a shallow copy of
+    the dict; the layers replace their entries, they do not write into them).
+    """
+    outputs = []
+    for node in range(tree.num_nodes):
+        path = tree_path(tree, node).to(hidden.device)
+        copy = None if state is None else dict(state)
+        outputs.append(layer(hidden[:, path], copy)[:, -1])
+    if not outputs:
+        return layer(hidden, None if state is None else dict(state))
+    return torch.stack(outputs, dim=1)

@@ -19,7 +19,7 @@ from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, document_start
                                  run_short_conv, scan_mode, wide)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_int, check_positive
-from lrnn.ops import delta_rule, delta_step, reset_at_starts
+from lrnn.ops import TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule
 
 State = dict[str, torch.Tensor]
 
@@ -35,14 +35,17 @@ class DeltaNet(nn.Module):
         use_output_gate: gate the output norm with ``silu(W_g x)``.
         conv_size: short conv width (0 disables the conv; q, k, v then get SiLU only).
         negative_eigenvalues: beta in [0, 2] instead of [0, 1].
+        chunk_size: chunk of the chunked scan; None: ``delta_chunk_size(head_dim)`` (16 up to head_dim 64).
     """
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, expand_v: float = 1.0,
                  num_householder: int = 1, use_forget_gate: bool = False, use_output_gate: bool = False,
                  conv_size: int = 4, conv_bias: bool = False, negative_eigenvalues: bool = False,
-                 chunk_size: int = 64, norm_eps: float = 1e-5) -> None:
+                 chunk_size: int | None = None, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        check_positive(d_model=d_model, num_heads=num_heads, num_householder=num_householder, chunk_size=chunk_size)
+        check_positive(d_model=d_model, num_heads=num_heads, num_householder=num_householder)
+        if chunk_size is not None:
+            check_positive(chunk_size=chunk_size)
         check_flag("negative_eigenvalues", negative_eigenvalues)
         check_int("conv_size (0: no short conv)", conv_size, 0)
         if head_dim is None:
@@ -54,7 +57,8 @@ class DeltaNet(nn.Module):
         if value_dim < 1 or value_dim != head_dim * expand_v:
             raise ValueError(f"expand_v * head_dim must be a positive integer, got {expand_v} * {head_dim}")
         self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, value_dim
-        self.num_householder, self.negative_eigenvalues, self.chunk_size = num_householder, negative_eigenvalues, chunk_size
+        self.num_householder, self.negative_eigenvalues = num_householder, negative_eigenvalues
+        self.chunk_size = delta_chunk_size(head_dim) if chunk_size is None else chunk_size
         n_h, key, val = num_householder, num_heads * head_dim, num_heads * value_dim
 
         self.q_proj = nn.Linear(d_model, key, bias=False)
@@ -129,6 +133,37 @@ class DeltaNet(nn.Module):
         else:
             o = self.o_norm(o)
         return self.o_proj(o.reshape(b, t, h * self.value_dim))
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
+        root-to-node path had followed the cached state (read, not changed). The short convs and the delta
+        rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
+        ``tree_delta_rule``'s unit-triangular tree system)."""
+        b, n, _ = hidden.shape
+        h, n_h = self.num_heads, self.num_householder
+        q, k, v = (proj(hidden) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.use_short_conv:
+            q = self.q_conv1d.forward_tree(q, state, tree, "conv_q")
+            k = self.k_conv1d.forward_tree(k, state, tree, "conv_k")
+            v = self.v_conv1d.forward_tree(v, state, tree, "conv_v")
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q = F.normalize(q.reshape(b, n, h, self.head_dim), dim=-1)
+        k = F.normalize(k.reshape(b, n * n_h, h, self.head_dim), dim=-1)
+        v = v.reshape(b, n * n_h, h, self.value_dim)
+        beta = torch.sigmoid(wide(self.b_proj(hidden)))
+        if self.negative_eigenvalues:
+            beta = 2.0 * beta
+        log_a = None
+        if self.use_forget_gate:
+            log_a = -torch.exp(wide(self.A_log)) * F.softplus(wide(self.a_proj(hidden)) + wide(self.dt_bias))
+        o, _ = tree_delta_rule(q, k, v, beta.reshape(b, n * n_h, h), log_a, parents=tree, num_householder=n_h,
+                               initial_state=None if state is None else state.get("ssm"))
+        if self.use_output_gate:
+            o = self.o_norm(o, self.g_proj(hidden).reshape(b, n, h, self.value_dim))
+        else:
+            o = self.o_norm(o)
+        return self.o_proj(o.reshape(b, n, h * self.value_dim))
 
 
 class GatedDeltaNet(DeltaNet):

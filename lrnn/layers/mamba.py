@@ -17,8 +17,11 @@ from torch import nn
 from lrnn.layers.common import (GatedRMSNorm, ShortConv, document_starts, init_dt_bias, masked,
                                  run_short_conv, scan_mode)
 from lrnn.layers.registry import MixerSpec, register
+from lrnn.layers.reorder import ImportanceReorder
+from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
 from lrnn.validation import check_flag, check_positive
-from lrnn.ops import decay_recurrence, decay_step, negative_range, reset_at_starts, selective_scan
+from lrnn.ops import (TokenTree, decay_recurrence, decay_step, negative_range, reset_at_starts, selective_scan,
+                      tree_decay_recurrence)
 
 State = dict[str, torch.Tensor]
 
@@ -131,6 +134,29 @@ class Mamba2(nn.Module):
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
+        root-to-node path had followed the cached state (read, not changed). The short conv and the SSD
+        scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``)."""
+        b, n, _ = hidden.shape
+        h, p, g, d_state = self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * d_state, h], dim=-1)
+        xbc = self.conv1d.forward_tree(xbc, state, tree)
+        x, bmat, cmat = torch.split(xbc, [self.d_inner, g * d_state, g * d_state], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
+        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
+        x = x.reshape(b, n, h, p)
+        bmat = bmat.reshape(b, n, g, 1, d_state).expand(b, n, g, h // g, d_state).reshape(b, n, h, d_state)
+        cmat = cmat.reshape(b, n, g, 1, d_state).expand(b, n, g, h // g, d_state).reshape(b, n, h, d_state)
+        y, _ = tree_decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, parents=tree,
+                                     scale=1.0, initial_state=None if state is None else state.get("ssm"))
+        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
+        y = (y + x * d.to(x.dtype)).reshape(b, n, self.d_inner)
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
+        return self.out_proj(y)
+
 
 class Mamba(nn.Module):
     """Mamba (S6) mixer: per-channel selective scan ``h = exp(dt A) h + dt B x``, ``y = C h + D x``.
@@ -138,16 +164,22 @@ class Mamba(nn.Module):
     in_proj emits ``[x, z]``; short conv over x; x_proj emits ``[dt (dt_rank), B (N), C (N)]``;
     ``dt = softplus(dt_proj(dt))``; ``A = -exp(A_log)`` [d_inner, N] (S4D-real init ``A_n = n + 1``).
     As a linear recurrence: heads = d_inner channels, K = N, V = 1, one decay per (channel, state).
+    ``token_dynamics`` ("positive" | "negative" | "mixed"; None: a plain ``nn.Linear``) makes ``x_proj`` a
+    ``SignedXProj``: ``W_C = P``, ``W_B = diag(D) P``, so ``S_C^T S_B = P^T D P`` has the signs of D.
+    ``reorder_tau`` (a temperature > 0; None: off) scans the tokens in a learned soft importance order
+    (``ImportanceReorder``) and maps the outputs back with ``P^T``: **not causal** (no cache, packing or mask).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, bias: bool = False, chunk_size: int = 16,
-                 negative_eigenvalues: bool = False) -> None:
+                 negative_eigenvalues: bool = False, token_dynamics: str | None = None,
+                 reorder_tau: float | None = None) -> None:
         super().__init__()
         check_positive(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size)
         check_flag("negative_eigenvalues", negative_eigenvalues)
+        check_token_dynamics(token_dynamics)
         d_inner = expand * d_model
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         check_positive(dt_rank=dt_rank)  # after resolving "auto"
@@ -155,10 +187,15 @@ class Mamba(nn.Module):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         self.d_model, self.d_state, self.d_inner, self.dt_rank = d_model, d_state, d_inner, dt_rank
         self.chunk_size, self.negative_eigenvalues = chunk_size, negative_eigenvalues
+        self.token_dynamics = token_dynamics
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv1d = ShortConv(d_inner, d_conv, bias=conv_bias)
-        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        # token_dynamics: B and C rows tied so that S_C^T S_B has fixed signs (arXiv 2410.03292, refinement 1)
+        self.x_proj = (nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False) if token_dynamics is None
+                       else SignedXProj(d_inner, dt_rank, d_state, token_dynamics))
+        # reorder_tau: arXiv 2410.03292's refinement 2, for whole-sequence (non-causal) use only
+        self.reorder = None if reorder_tau is None else ImportanceReorder(d_inner, reorder_tau)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         std = dt_rank ** -0.5 * dt_scale
         if dt_init == "constant":
@@ -185,6 +222,10 @@ class Mamba(nn.Module):
         step-by-step mode then runs ``decay_recurrence``'s loop (exact, but it keeps every step's state).
         """
         b, t, _ = hidden.shape
+        if self.reorder is not None and (state is not None or mask is not None or seq_starts is not None):
+            raise ValueError("a Mamba layer with reorder_tau is not causal: it takes whole sequences only "
+                             f"(state, mask and seq_starts must be None, got state={state is not None}, "
+                             f"mask={mask is not None}, seq_starts={seq_starts is not None})")
         seq_starts = document_starts(seq_starts, hidden, mask)
         # One value channel per (channel, state) head: the chunked form does ~chunk_size times the work of
         # the step-by-step scan, which pays off only on parallel hardware. On CPU the scan measured 37x
@@ -195,6 +236,9 @@ class Mamba(nn.Module):
         # backward writes a full-size gradient per step (it was a third of a CPU training step).
         x = run_short_conv(self.conv1d, masked(x, mask), state, "conv", "chunk" if mode == "recurrent" else mode,
                            seq_starts)
+        if self.reorder is not None:  # the scan sees P x: the most important tokens last
+            order = self.reorder.permutation(self.dt_proj(self.x_proj(x)[..., :self.dt_rank]))  # [B, T, T]
+            x = order @ x
         dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = masked(F.softplus(self.dt_proj(dt)), mask)  # [B, T, d_inner]
         if mode == "recurrent" and seq_starts is None:  # one autograd function: no [B, T, d_inner, N] tensor kept
@@ -205,7 +249,29 @@ class Mamba(nn.Module):
             heads = (b, t, self.d_inner, self.d_state)
             y = _scan(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads), (dt * x).unsqueeze(-1),
                       log_a, negative, state, mode, self.chunk_size).squeeze(-1)
-        y = (y + x * self.D.to(x.dtype)) * F.silu(z)
+        y = y + x * self.D.to(x.dtype)
+        if self.reorder is not None:  # back to the original positions (exactly, as P tends to a permutation)
+            y = order.transpose(-1, -2) @ y
+        y = y * F.silu(z)
+        return self.out_proj(y)
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model], each node as if its path
+        had followed the cached state (read, not changed): ``tree_short_conv``, then the selective scan as
+        ``tree_decay_recurrence`` with one decay per (channel, state), level by level (``mode="recurrent"``:
+        with heads = d_inner channels the chunked tree form would hold N^2 d_state decays per channel)."""
+        b, n, _ = hidden.shape
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = self.conv1d.forward_tree(x, state, tree)
+        dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))
+        log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, N, d_inner, d_state]
+        log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues)
+        heads = (b, n, self.d_inner, self.d_state)
+        y, _ = tree_decay_recurrence(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads),
+                                     (dt * x).unsqueeze(-1), log_a, negative, parents=tree, scale=1.0,
+                                     initial_state=None if state is None else state.get("ssm"), mode="recurrent")
+        y = (y.squeeze(-1) + x * self.D.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)
 
 

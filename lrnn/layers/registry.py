@@ -113,7 +113,8 @@ class MixerSpec:
 
     @property
     def chunk_size(self) -> int | None:
-        """The default chunk length of its chunked scan; None for mixers without one."""
+        """The default chunk length of its chunked scan; None for mixers without one, or whose layer picks it
+        from its size (the DeltaNet family: ``lrnn.ops.delta_chunk_size(head_dim)``)."""
         return self.default("chunk_size") if "chunk_size" in self.fields else None
 
     def arguments(self, d_model: int, generic: Mapping[str, Any], mixer_kwargs: Mapping[str, Any]) -> dict[str, Any]:

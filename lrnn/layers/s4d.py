@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import document_starts, scan_mode
+from lrnn.layers.common import document_starts, forward_tree_by_paths, scan_mode
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_number, check_positive
-from lrnn.ops import S4D_INITS, check_state_size, s4d_eigenvalues
+from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues
 from lrnn.ops import S4D_DISCRETIZATIONS as DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
 
 State = dict[str, torch.Tensor]
@@ -118,6 +118,15 @@ class S4D(nn.Module):
             state["ssm"] = torch.view_as_real(final)
         y = self.dropout(F.gelu(y))
         return F.glu(self.output_linear(y), dim=-1)
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """The tree path of S4D: each node runs its own root-to-node path from the cached state
+        (``forward_tree_by_paths``; exact, one forward per node -- a tree form of the complex diagonal
+        recurrence is not written). hidden [B, N, d_model] -> [B, N, d_model]; the cache is not changed."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional S4D layer is non-causal: it has no tree path (build it with "
+                             "bidirectional=False)")
+        return forward_tree_by_paths(self, hidden, state, tree)
 
 
 def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: float) -> list[dict]:

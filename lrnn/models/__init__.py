@@ -8,7 +8,10 @@ from lrnn.models.lm import LanguageModel
 from lrnn.models.speculative import (Draft, Drafter, ModelDrafter, PromptLookupDrafter, SpeculativeStats,
                                      speculative_generate, verify_draft)
 from lrnn.models.text import GenerationStats, generate_text
+from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDrafter, TreeDraft, TreeDrafter,
+                                          static_tree, tree_speculative_generate)
 
 __all__ = ["ModelConfig", "LanguageModel", "Cache", "SamplingConfig", "SpecialTokens", "generate", "select_next",
            "GenerationStats", "generate_text", "speculative_generate", "verify_draft", "Draft", "Drafter",
-           "PromptLookupDrafter", "ModelDrafter", "SpeculativeStats"]
+           "PromptLookupDrafter", "ModelDrafter", "SpeculativeStats", "tree_speculative_generate", "TreeDraft",
+           "TreeDrafter", "static_tree", "ModelTreeDrafter", "PromptLookupTreeDrafter"]

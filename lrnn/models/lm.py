@@ -10,7 +10,7 @@ from torch import nn
 
 from lrnn.layers import Cache, RMSNorm, build_mixer
 from lrnn.models.config import ModelConfig
-from lrnn.ops import check_seq_starts
+from lrnn.ops import TokenTree, check_seq_starts, token_tree, tree_path
 from lrnn.models.generation import SpecialTokens
 from lrnn.models.io import (CONFIG_NAME, WEIGHTS_NAME, cast_tensors_, load_special_tokens, load_weights,
                             save_special_tokens, save_weights)
@@ -47,6 +47,14 @@ class Block(nn.Module):
                 seq_starts: torch.Tensor | None = None) -> torch.Tensor:
         packed = {} if seq_starts is None else {"seq_starts": seq_starts}  # a mixer without it still runs unpacked
         x = x + self.mixer(self.norm(x), state, mask, **packed)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+    def forward_tree(self, x: torch.Tensor, state: dict | None, tree: TokenTree) -> torch.Tensor:
+        """``forward`` over the N nodes of a token tree (x [B, N, d_model]): the mixer's tree path; the
+        norms and the MLP are per token. ``state`` is read, not changed."""
+        x = x + self.mixer.forward_tree(self.norm(x), state, tree)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -104,7 +112,36 @@ class LanguageModel(nn.Module):
             cache.length += input_ids.shape[1]
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # the norm and head are per position: the kept rows are unchanged
-        logits = self.head(self.norm_f(x))
+        return self._head(self.norm_f(x))
+
+    def forward_tree(self, tree_ids: torch.Tensor, cache: Cache | None, parents: torch.Tensor | TokenTree) -> torch.Tensor:
+        """Verify a token tree in one pass: logits [B, N, vocab] where node m's row equals the last logits of
+        ``forward(path_m, cache)`` for m's root-to-node path ``path_m`` (``tree_path``), run from the
+        cached state. ``tree_ids`` [B, N]: the nodes' tokens in topological order; ``parents`` [N] (-1:
+        follows the cache) or a ``TokenTree`` (built once here otherwise and shared by every layer). The
+        cache is read, not changed: commit an accepted node with ``commit_tree_path``."""
+        self._check_inputs(tree_ids, cache, None, 0)
+        tree = _tree_of(parents, tree_ids)
+        x = self.embedding(tree_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_tree(x, None if cache is None else cache.layers[i], tree)
+        return self._head(self.norm_f(x))
+
+    def commit_tree_path(self, tree_ids: torch.Tensor, cache: Cache, parents: torch.Tensor | TokenTree,
+                         node: int) -> None:
+        """Advance ``cache`` by the root-to-``node`` path of a tree (``node`` = -1: nothing) by recomputing
+        it: one ordinary cached forward over the path's tokens, so the cache is exactly what decoding those
+        tokens would leave, for every mixer (the tree ops' ``*_state`` functions could select the states
+        without that forward; not wired into the layers)."""
+        if not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a Cache (model.new_cache()), got {type(cache).__name__}")
+        path = tree_path(_tree_of(parents, tree_ids), node)
+        if path.numel():
+            self(tree_ids[:, path], cache=cache, logits_to_keep=1)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised hidden states: the head, without the vocabulary padding columns."""
+        logits = self.head(x)
         if self.config.num_labels is None and self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         return logits
@@ -178,6 +215,16 @@ class LanguageModel(nn.Module):
         model.load_state_dict(state, strict=False)
         model.special_tokens = load_special_tokens(directory)
         return model.to(map_location, dtype)
+
+
+def _tree_of(parents: torch.Tensor | TokenTree, tree_ids: torch.Tensor) -> TokenTree:
+    """``parents`` as a TokenTree (validated by ``token_tree``) on the device of ``tree_ids`` [B, N],
+    checked to have N nodes."""
+    tree = parents if isinstance(parents, TokenTree) else token_tree(parents)
+    if tree.num_nodes != tree_ids.shape[1]:
+        raise ValueError(f"parents describes a tree of {tree.num_nodes} nodes but tree_ids has "
+                         f"{tree_ids.shape[1]} tokens per row (shape {tuple(tree_ids.shape)})")
+    return tree.to(tree_ids.device)
 
 
 def check_float_dtype(name: str, dtype: object) -> None:

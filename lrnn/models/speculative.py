@@ -297,11 +297,8 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
         logits = model(torch.cat([pending, draft.tokens])[None], cache=cache)[0]  # [n + 1, V]
         stats.target_forwards += 1
         accepted, token = verify_draft(logits, draft, sampling, generator)
-        stats.proposed.append(n)
-        stats.accepted.append(accepted)
-        emitted, finished = _cut_at_eos(torch.cat([draft.tokens[:accepted], token[None]]), sampling.eos_token_id)
-        for value in emitted.split(1):
-            _emit(value, on_token)
+        emitted, finished = record_step(stats, n, accepted, torch.cat([draft.tokens[:accepted], token[None]]),
+                                        sampling.eos_token_id, on_token)
         new.append(emitted)
         sequence = torch.cat([sequence, emitted])
         remaining -= len(emitted)
@@ -316,6 +313,18 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
     stats.new_tokens = sum(len(tokens) for tokens in new)
     stats.decode_s = time.perf_counter() - first
     return torch.cat([input_ids, torch.cat(new)[None]], dim=1)
+
+
+def record_step(stats: SpeculativeStats, proposed: int, accepted: int, tokens: torch.Tensor, eos_token_id: int | None,
+                on_token: Callable[[torch.Tensor], None] | None) -> tuple[torch.Tensor, bool]:
+    """Count a verification step (``proposed`` drafts, ``accepted`` of them) in ``stats`` and emit its new
+    ``tokens`` [a + 1] up to and including EOS: (the emitted tokens, whether EOS ended generation)."""
+    stats.proposed.append(proposed)
+    stats.accepted.append(accepted)
+    emitted, finished = _cut_at_eos(tokens, eos_token_id)
+    for value in emitted.split(1):
+        _emit(value, on_token)
+    return emitted, finished
 
 
 def _cut_at_eos(tokens: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, bool]:
@@ -334,17 +343,23 @@ def _emit(token: torch.Tensor, on_token: Callable[[torch.Tensor], None] | None) 
 
 def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter, sampling: SamplingConfig,
                      num_draft_tokens: int) -> None:
+    check_one_prompt(model, input_ids)
+    check_drafter(drafter, model)
+    check_int("num_draft_tokens", num_draft_tokens, 1)
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    check_token_ids(sampling, model.config.vocab_size)
+
+
+def check_one_prompt(model: LanguageModel, input_ids: torch.Tensor) -> None:
+    """Raise unless ``model`` is a ``LanguageModel`` with an LM head and ``input_ids`` one prompt [1, T >= 1]
+    (speculative decoding runs at batch 1)."""
     check_language_model("model", model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1 \
             or input_ids.shape[1] < 1:
         got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be one prompt of shape [1, T] with T >= 1 (speculative decoding runs "
                          f"at batch 1), got {got}")
-    check_drafter(drafter, model)
-    check_int("num_draft_tokens", num_draft_tokens, 1)
-    if not isinstance(sampling, SamplingConfig):
-        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-    check_token_ids(sampling, model.config.vocab_size)
 
 
 def check_language_model(name: str, model: object) -> None:

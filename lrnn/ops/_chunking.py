@@ -34,13 +34,18 @@ def pad_time(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor
     return F.pad(x, pad, value=value)
 
 
-def split_chunks(x: torch.Tensor | None, c: int, value: float = 0.0) -> tuple[torch.Tensor, ...] | None:
-    """[B, T, H, D] (or [B, T, H]) -> views [B, C, H, D] of each chunk, the last padded with ``value``."""
+def split_chunks(x: torch.Tensor | None, c: int, value: float = 0.0,
+                 pad: bool = True) -> tuple[torch.Tensor, ...] | None:
+    """[B, T, H, D] (or [B, T, H]) -> views [B, C, H, D] of each chunk, the last padded with ``value``.
+
+    ``pad=False`` leaves the last chunk shorter instead: no padded copy of x (nor its gradient), for
+    schedules that take one chunk at a time and so need no common chunk shape.
+    """
     if x is None:
         return None
     if x.ndim == 3:
         x = x.unsqueeze(-1)
-    return pad_time(x, c, value).split(c, dim=1)
+    return (pad_time(x, c, value) if pad else x).split(c, dim=1)
 
 
 def heads_first(chunk: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ Chunk mode uses the UT / WY form: inside a chunk, with ``L`` the segment product
 ``A = strict_lower(diag(b) (L * K K^T))``, ``U = (I + A)^{-1} diag(b) (V - diag(gamma) K S_0)``, then
 ``O = diag(gamma) Q S_0 + (L * Q K^T) U`` and ``S = gamma_C S_0 + (K * L_C)^T U`` -- one unit lower
 triangular solve per chunk. DeltaProduct runs as the delta rule on the flattened sequence of n_h*T
-steps (gate on the first sub-step, query on the last).
+steps (gate on the first sub-step); the output is formed only after the last sub-step of each token.
 """
 
 from __future__ import annotations
@@ -29,9 +29,25 @@ from lrnn.ops.decay import decay_values, prefix_decay, segment_decay, signs, suf
 from lrnn.ops.triangular import unit_lower_inverse
 from lrnn.validation import check_flag, check_int
 
-__all__ = ["delta_rule", "delta_step"]
+__all__ = ["delta_chunk_size", "delta_rule", "delta_step"]
 
 _LAYOUT_Q = "[batch, time, heads, key_dim]"
+
+# Measured on a CPU, one thread, fwd+bwd of the gated delta rule (ms): K = 32, B 256, T 40 -- C 8: 160,
+# 16: 144, 32: 224, 64: 202; K = 64, B 4, T 2048 -- 531, 389, 658, 593; K = 128, B 2, T 2048 -- 461, 305,
+# 191, 221. Per step the chunked form does about C (5K + 3V) + 6 K V multiply-adds plus the C x C inverse,
+# so small heads want small chunks; see docs/benchmarks.md.
+_SMALL_HEAD_CHUNK, _LARGE_HEAD_CHUNK, _SMALL_HEAD_MAX_KEY_DIM = 16, 64, 64
+
+
+def delta_chunk_size(key_dim: int) -> int:
+    """The chunk size ``delta_rule`` (and the DeltaNet-family layers) use when none is given.
+
+    16 steps for heads with ``key_dim <= 64``, 64 above: the C-proportional work per step outweighs the
+    state work for small heads (measurements above).
+    """
+    check_int("key_dim", key_dim, 0)
+    return _SMALL_HEAD_CHUNK if key_dim <= _SMALL_HEAD_MAX_KEY_DIM else _LARGE_HEAD_CHUNK
 
 
 def delta_rule(
@@ -47,7 +63,7 @@ def delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     mode: str = "chunk",
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the (gated) delta rule with ``num_householder`` steps per token.
 
@@ -62,14 +78,16 @@ def delta_rule(
         initial_state: [B, H, K, V] or None (zeros).
         output_final_state: also return the state after the last step.
         mode: ``"recurrent"`` (plain loop: the reference and the decode step) or ``"chunk"`` (UT form).
-        chunk_size: steps per chunk in chunk mode, counted on the flattened n_h*T sub-steps.
+        chunk_size: steps per chunk in chunk mode, counted on the flattened n_h*T sub-steps (rounded down to
+            a multiple of n_h, so a token never straddles two chunks); None: ``delta_chunk_size(key_dim)``.
 
     Returns:
         ``(o, final_state)``: o [B, T, H, V] in the dtype of v; final_state [B, H, K, V] in float32
         (float64 for float64 inputs) or None unless ``output_final_state``.
     """
-    _checks.check_mode(mode, chunk_size)
     _check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state)
+    chunk_size = delta_chunk_size(q.shape[-1]) if chunk_size is None else chunk_size
+    _checks.check_mode(mode, chunk_size)
     out_dtype = v.dtype
     dtype = compute_dtype(q.dtype)
     scale = _checks.resolve_scale(scale, q)
@@ -189,7 +207,9 @@ def _recurrent(q, k, v, beta, g, s, state, n_h):
 
 
 def _spread_gate(g, s, n_h):
-    """Spread the per-token gate [B, T, H] over the n_h sub-steps [B, T*n_h, H]: ``a_t`` on the first, 1 after."""
+    """Spread the per-token gate [B, T, H] over the n_h sub-steps [B, T*n_h, H]: ``a_t`` on the first, 1 after.
+
+    g is ``log|a|`` (None: no gate); s the signs (None: all gates >= 0)."""
     if n_h == 1 or g is None:
         return g, s
 
@@ -198,61 +218,72 @@ def _spread_gate(g, s, n_h):
         out[:, :, 0] = x
         return out.flatten(1, 2)
 
-    return spread(g, 0.0), spread(s, 1.0)
+    return spread(g, 0.0), (None if s is None else spread(s, 1.0))
 
 
-def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None):
-    """UT-form chunked delta rule over [B, T, H, *] inputs (one Householder step per position).
+def _chunked(q, k, v, beta, g, s, state, chunk_size, batch_chunks=None, query_every=1):
+    """UT-form chunked delta rule over [B, T, H, *] steps (one Householder step per position).
+
+    ``query_every`` = n reads the output once per n steps, after the last of each group (DeltaProduct's
+    tokens): q is [B, T/n, H, K] and the output [B, T/n, H, V]. Only those rows of ``Q K^T`` and
+    ``Q S_0`` are formed, half the query-side work at n = 2; the chunk is rounded down to a multiple of
+    n (at least n) so no token straddles two chunks.
 
     The per-chunk terms (triangular inverse, U, W) do not depend on the state. With ``batch_chunks``
     they are computed for all chunks at once (best on GPUs: few large kernels); otherwise inside the
     sequential loop, one chunk at a time, so temporaries stay cache-sized (2x faster on CPUs).
     None picks by device and chunk size (``default_batch_chunks``).
     """
-    b, t, h, dk = q.shape
+    b, t, h, dk = k.shape
     dv = v.shape[-1]
-    c = min(chunk_size, t)
-    # Padded steps have k = 0, beta = 0 (identity transition) and gate 1: the state is unchanged.
-    chunks = [split_chunks(x, c) for x in (q, k, v, beta, g)] + [split_chunks(s, c, value=1.0)]
-    n_chunks = len(chunks[0])
+    n = query_every
+    c = max(n, min(chunk_size, t) // n * n)
     if batch_chunks is None:
-        batch_chunks = default_batch_chunks(chunks[0][0])
+        batch_chunks = default_batch_chunks(k[:, :c])
+    # All chunks at once need one shape: the last is padded with steps of k = 0, beta = 0 (identity
+    # transition) and gate 1, which leave the state unchanged. One at a time, the last is just shorter.
+    pad = batch_chunks
+    chunks = [split_chunks(q, c // n, pad=pad)] + [split_chunks(x, c, pad=pad) for x in (k, v, beta, g)]
+    chunks.append(split_chunks(s, c, 1.0, pad=pad))
+    n_chunks = len(chunks[1])
     if batch_chunks:
-        per_chunk = unbind_chunks(_chunk_terms(*[stack_chunks(x) for x in chunks]))
-    state = q.new_zeros(b * h, dk, dv) if state is None else state.reshape(b * h, dk, dv)
+        per_chunk = unbind_chunks(_chunk_terms(*[stack_chunks(x) for x in chunks], query_every=n))
+    state = k.new_zeros(b * h, dk, dv) if state is None else state.reshape(b * h, dk, dv)
     outs = []
-    for n in range(n_chunks):
+    for i in range(n_chunks):
         if batch_chunks:
-            u_in, w, q_start, qk, k_end, chunk_decay = [None if x is None else x[n] for x in per_chunk]
+            u_in, w, q_start, qk, k_end, chunk_decay = [None if x is None else x[i] for x in per_chunk]
         else:
             u_in, w, q_start, qk, k_end, chunk_decay = _chunk_terms(
-                *[None if x is None else heads_first(x[n]) for x in chunks])
+                *[None if x is None else heads_first(x[i]) for x in chunks], query_every=n)
         u = torch.baddbmm(u_in, w, state, alpha=-1.0)  # U = u_in - W S
         outs.append(torch.baddbmm(qk @ u, q_start, state))  # O = Q_start S + (L * Q K^T) U
         carried = state if chunk_decay is None else chunk_decay * state
         state = torch.baddbmm(carried, k_end.transpose(-1, -2), u)  # S <- gamma_C S + K_end^T U
-    return merge_chunks(outs, b, h, t), state.reshape(b, h, dk, dv)
+    return merge_chunks(outs, b, h, q.shape[1]), state.reshape(b, h, dk, dv)
 
 
-def _chunk_terms(q, k, v, beta, g, s):
+def _chunk_terms(q, k, v, beta, g, s, query_every=1):
     """State-independent terms of one chunk (any leading dims; time at dim -2).
 
+    q has one row per ``query_every`` steps of k, read after the last step of its group.
     Returns ``(u_in, w, q_start, qk, k_end, chunk_decay)`` with ``U = u_in - W S_0``,
     ``O = q_start S_0 + qk U`` and ``S_C = chunk_decay S_0 + k_end^T U`` (chunk_decay None: no gate).
     """
-    c = q.shape[-2]
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    zero = torch.zeros((), dtype=q.dtype, device=q.device)
+    c = k.shape[-2]
+    read = slice(query_every - 1, None, query_every)  # the steps after which q reads the state
+    causal = torch.ones(c, c, dtype=torch.bool, device=k.device).tril()
+    zero = torch.zeros((), dtype=k.dtype, device=k.device)
     kk = k @ k.transpose(-1, -2)
-    qk = q @ k.transpose(-1, -2)
+    qk = q @ k.transpose(-1, -2)  # [..., C/n, C]
     if g is None:
-        qk = torch.where(causal, qk, zero)
+        qk = torch.where(causal[read], qk, zero)
         k_start, q_start, k_end, chunk_decay = k, q, k, None
     else:
         lower = segment_decay(g, s).squeeze(-1)  # [..., C, C]: prod_{j<m<=i} a_m, 0 above the diagonal
         gamma = prefix_decay(g, s)  # [..., C, 1]: prod_{m<=i} a_m
-        kk, qk = kk * lower, qk * lower
-        k_start, q_start = k * gamma, q * gamma
+        kk, qk = kk * lower, qk * lower[..., read, :]
+        k_start, q_start = k * gamma, q * gamma[..., read, :]
         k_end = k * suffix_decay(g, s)  # k_j * prod_{m>j} a_m
         chunk_decay = gamma[..., -1:, :]  # [..., 1, 1]
     a = torch.where(causal.tril(-1), beta * kk, zero)  # strict_lower(diag(b) (L * K K^T))

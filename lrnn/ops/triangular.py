@@ -53,6 +53,8 @@ def _diagonal_blocks(a: torch.Tensor, block: int) -> torch.Tensor:
 def _forward_substitution(a: torch.Tensor) -> torch.Tensor:
     """(I + a)^{-1} row by row: ``T_i = e_i - a_{i,<i} T_{<i}``. a: [..., c, c] strictly lower."""
     c = a.shape[-1]
+    if c == 0:  # an empty system (e.g. an empty token tree): its inverse is empty too
+        return a.clone()
     eye = torch.eye(c, dtype=a.dtype, device=a.device)
     rows = [eye[0].expand(*a.shape[:-2], 1, c)]
     for i in range(1, c):

@@ -93,7 +93,7 @@ COMMON = [
     case(TypeError, "chunk_size", chunk_size=16.0),
     case(TypeError, "chunk_size", chunk_size=True),
     case(TypeError, "chunk_size", chunk_size="16"),
-    case(TypeError, "chunk_size", chunk_size=None),
+    case(TypeError, "chunk_size", chunk_size=[16]),  # None is valid: delta_chunk_size(key_dim)
     case(ValueError, "mode", mode="parallel"),
     case(ValueError, "mode", mode="Chunk"),
     case(ValueError, "mode", mode=None),
@@ -103,6 +103,7 @@ COMMON = [
 
 DECAY_RECURRENCE = [
     case(TypeError, "log_decay", log_decay=None),
+    case(TypeError, "chunk_size", chunk_size=None),  # the delta rule takes None (its default by key dim)
     case(ValueError, "log_decay", log_decay=lambda a: torch.zeros(2, 5, 2, 3)),  # per-channel with K - 1
     case(ValueError, "log_decay", log_decay=lambda a: torch.zeros(2, 5)),
 ]

@@ -13,7 +13,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
+from lrnn.ops import delta as delta_module
 from lrnn.ops import delta_rule
 
 from ops_helpers import (F32, F64, TOL_F32, TOL_F64, TOL_NEAR_ONE, assert_close, assert_runs_match,
@@ -289,3 +291,37 @@ def test_property_chunk_matches_recurrent(B, T, H, K, V, num_householder, chunk_
     args = delta_rule_inputs(B=B, T=T, H=H, K=K, V=V, num_householder=num_householder, gate=gate,
                              initial_state=with_state, seed=seed)
     chunk_vs_recurrent(args, chunk_size, TOL_F64, num_householder=num_householder)
+
+
+def _matmul_flops(fn, **kwargs) -> int:
+    """FLOPs of the matmuls that ``fn(**kwargs)`` runs (torch's flop counter)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(**kwargs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("chunk_size", [8, 64])
+def test_deltaproduct_reads_outputs_only_after_each_token(chunk_size):
+    """DeltaProduct (n_h = 2) does less matmul work than the delta rule on its flattened 2T steps with a
+    query at every step: the chunked form builds only the rows of ``Q K^T`` and ``Q S_0`` it returns."""
+    args = delta_rule_inputs(B=1, T=16, H=1, K=8, V=8, num_householder=2, gate=False, seed=3)
+    product = _matmul_flops(delta_rule, **args, num_householder=2, chunk_size=chunk_size)
+    flattened_q = args["q"].repeat_interleave(2, dim=1)  # a query after every sub-step
+    flattened = _matmul_flops(delta_rule, **{**args, "q": flattened_q}, num_householder=1, chunk_size=chunk_size)
+    assert product < flattened
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5])
+def test_chunk_smaller_than_householder_group(chunk_size):
+    """A chunk is rounded down to whole tokens (at least one): chunk sizes below or off n_h = 3 stay exact."""
+    args = delta_rule_inputs(T=5, num_householder=3, seed=70 + chunk_size)
+    chunk_vs_recurrent(args, chunk_size, TOL_F64, num_householder=3)
+
+
+def test_chunk_at_a_time_schedule_does_not_pad_the_last_chunk(monkeypatch):
+    """One chunk at a time, a partial last chunk is computed at its own length, not padded to a full one:
+    T = 40 in chunks of 16 costs less than T = 48 (the old padded work), and stays exact."""
+    monkeypatch.setattr(delta_module, "default_batch_chunks", lambda x: False)
+    args40, args48 = (delta_rule_inputs(B=1, T=t, H=1, K=8, V=8, seed=9) for t in (40, 48))
+    assert _matmul_flops(delta_rule, **args40, chunk_size=16) < _matmul_flops(delta_rule, **args48, chunk_size=16)
+    chunk_vs_recurrent(args40, 16, TOL_F64)

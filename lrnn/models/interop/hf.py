@@ -15,9 +15,10 @@ from typing import Any
 
 from lrnn.models.config import ModelConfig
 from lrnn.models.interop.common import config_special_tokens as special_tokens  # HF keeps the ids in config.json
-from lrnn.models.interop.common import (KeyMap, dt_limit_of, get_bool, get_int, get_positive, peer_state, refuse_export,
+from lrnn.models.interop.common import (KeyMap, dt_limit_of, get_bool, get_int, get_positive, refuse_export,
                                         require, single_mixer, write_config, write_safetensors)
-from lrnn.models.interop.mamba_ssm import CHUNK_SIZE, check_exportable_mixer, mamba1_options, mamba2_options
+from lrnn.models.interop.mamba_ssm import (CHUNK_SIZE, check_exportable_mixer, mamba1_options, mamba2_options,
+                                           mamba_peer_state)
 from lrnn.models.lm import LanguageModel
 
 # The interface every format module offers ``checkpoints`` (plus its own public helpers).
@@ -105,6 +106,6 @@ def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
 def save(model: LanguageModel, directory: Path, dtypes=None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (tied head omitted, as HF's save_pretrained does)."""
     config = from_lrnn_config(model)
-    state = peer_state(model, KEYMAP, dtypes)
+    state = mamba_peer_state(model, KEYMAP, dtypes)
     write_safetensors(directory, state)
     write_config(directory, config)

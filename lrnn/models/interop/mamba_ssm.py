@@ -26,7 +26,7 @@ from lrnn.models.lm import LanguageModel
 
 # The interface every format module offers ``checkpoints`` (plus its own public helpers).
 __all__ = ["NAME", "KEYMAP", "CHUNK_SIZE", "is_config", "to_lrnn_config", "special_tokens", "from_lrnn_config", "save",
-           "check_exportable_mixer", "mamba1_options", "mamba2_options"]
+           "check_exportable_mixer", "mamba1_options", "mamba2_options", "mamba_peer_state"]
 
 NAME = "mamba_ssm"
 KEYMAP = KeyMap((("backbone.embedding.", "embedding."), ("backbone.layers.{i}.", "layers.{i}."),
@@ -113,6 +113,8 @@ def check_exportable_mixer(mixer, fmt: str) -> None:
     if mixer.negative_eigenvalues:
         raise refuse_export(fmt, "negative_eigenvalues", True, f"{fmt} has no [-1, 1] eigenvalue range "
                             "(its scan computes exp(dt * A) in (0, 1])")
+    if isinstance(mixer, Mamba) and mixer.reorder is not None:
+        raise refuse_export(fmt, "reorder_tau", mixer.reorder.tau, f"{fmt} has no importance reordering")
 
 
 def mamba2_options(mixer: Mamba2) -> dict[str, Any]:
@@ -128,6 +130,22 @@ def mamba1_options(mixer: Mamba) -> dict[str, Any]:
     return {"d_state": mixer.d_state, "d_conv": mixer.conv1d.weight.shape[-1], "expand": mixer.d_inner // mixer.d_model,
             "dt_rank": mixer.dt_rank, "bias": mixer.in_proj.bias is not None,
             "conv_bias": mixer.conv1d.bias is not None}
+
+
+def mamba_peer_state(model: LanguageModel, keymap: KeyMap, dtypes=None) -> State:
+    """``peer_state`` with the plain ``x_proj.weight`` of every ``token_dynamics`` Mamba layer in place of the
+    tensors it is computed from (``SignedXProj.weight``, in the dtype its tensors are written in): the peers
+    know only a plain x_proj, and the function of the layer is the same."""
+    state = peer_state(model, keymap, dtypes)
+    for i, block in enumerate(model.layers):
+        mixer = block.mixer
+        if isinstance(mixer, Mamba) and mixer.token_dynamics is not None:
+            prefix = keymap.to_peer(f"layers.{i}.mixer.x_proj.")
+            dtype = state[prefix + "dt_weight"].dtype
+            for name, _ in mixer.x_proj.named_parameters():
+                del state[prefix + name]
+            state[prefix + "weight"] = mixer.x_proj.weight.detach().to(dtype)
+    return state
 
 
 def from_lrnn_config(model: LanguageModel) -> dict[str, Any]:
@@ -160,7 +178,7 @@ def save(model: LanguageModel, directory: Path, dtypes=None) -> None:
     mamba_ssm loads with ``strict=True``, so a tied ``lm_head.weight`` is written too.
     """
     config = from_lrnn_config(model)
-    state: State = peer_state(model, KEYMAP, dtypes)
+    state: State = mamba_peer_state(model, KEYMAP, dtypes)
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["backbone.embedding.weight"]
     write_pickle(directory, state)

@@ -1,0 +1,309 @@
+"""Tree speculative decoding (greedy, batch 1): draft a token tree, verify every branch in one forward.
+
+One step, with the target's cache covering every committed token but the last one (the *pending* token):
+
+1. a ``TreeDrafter`` proposes a tree of draft tokens after the committed sequence -- ``static_tree``
+   shapes (``branching[d]`` children per node at depth d, e.g. ``(2, 2, 1)``) filled by a draft model's
+   top-k (``ModelTreeDrafter``), or the distinct continuations of earlier n-gram matches
+   (``PromptLookupTreeDrafter``);
+2. the target verifies ``[pending] + tree`` in one ``LanguageModel.forward_tree`` from its cache (every
+   mixer's tree path: the ancestor mask in the tree ops; LSTM and S4D run each node's path), giving the
+   next-token logits after every node;
+3. greedy verification walks down from the pending token: while the target's argmax after the current
+   node is one of its children, move to that child. The accepted path plus the target's argmax after its
+   last node are emitted (a + 1 tokens), so the output is greedy autoregressive decoding token for token;
+4. the cache is advanced by the accepted path with ``LanguageModel.commit_tree_path``, which recomputes
+   it: one ordinary cached forward over ``pending + accepted drafts`` (at most depth + 1 tokens).
+
+**Commit by recomputation.** ``forward_tree`` leaves the cache untouched, so nothing has to be rolled
+back; the accepted path is then run once more from the committed state. This is exact by construction
+for every mixer (the committed state is what decoding those tokens computes) and costs one extra forward
+over at most depth + 1 tokens per step. Reading the states out of the verification pass (the tree ops'
+``tree_*_state(node=...)`` functions) would save that forward; it needs a per-layer state-selection path
+that is not written (see docs/speculative.md).
+
+Sampling is refused: tree verification that preserves the target's distribution (multi-candidate
+rejection sampling, SpecInfer / STree) is not implemented; chain speculative decoding
+(``speculative_generate``) samples exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from lrnn.layers import Cache
+from lrnn.models.generation import SamplingConfig, check_token_ids
+from lrnn.models.lm import LanguageModel
+from lrnn.models.speculative import (SpeculativeStats, _emit, check_language_model, check_one_prompt,
+                                     record_step)
+from lrnn.ops import token_tree
+from lrnn.validation import check_int
+
+
+@dataclass(frozen=True)
+class TreeDraft:
+    """A tree of draft tokens after the committed sequence: ``tokens`` [N] (int64) and ``parents`` [N]
+    (int64, topological order, ``parents[i] < i``; -1: the node follows the last committed token)."""
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+
+
+class TreeDrafter(Protocol):
+    """Anything that proposes a draft tree after ``sequence`` [L] (every committed token, prompt included)
+    with at most ``branching[d]`` children per node at depth d and at most ``len(branching)`` levels."""
+
+    def propose_tree(self, sequence: torch.Tensor, branching: tuple[int, ...]) -> TreeDraft: ...
+
+
+def static_tree(branching: Sequence[int]) -> torch.Tensor:
+    """Parents [N] of the full tree with ``branching[d]`` children per node at depth d, level by level
+    (so topological). ``(2, 2, 1)``: 2 root children, 4 grandchildren, 4 great-grandchildren, N = 10."""
+    branching = check_branching(branching)
+    parents, level = [], [-1]
+    for width in branching:
+        next_level = []
+        for parent in level:
+            for _ in range(width):
+                next_level.append(len(parents))
+                parents.append(parent)
+        level = next_level
+    return torch.tensor(parents, dtype=torch.long)
+
+
+def check_branching(branching: object) -> tuple[int, ...]:
+    """``branching`` as a tuple of positive ints (children per node at each depth), else a ValueError."""
+    if isinstance(branching, (str, bytes)) or not isinstance(branching, Sequence) or not branching:
+        raise ValueError(f"branching must be a non-empty sequence of positive ints (children per node at each "
+                         f"depth, e.g. (2, 2, 1)), got {branching!r}")
+    return tuple(check_int(f"branching[{depth}]", width, 1) for depth, width in enumerate(branching))
+
+
+# ---- drafters ------------------------------------------------------------------------------------
+class ModelTreeDrafter:
+    """A static tree filled by a small ``LanguageModel`` (the target's vocabulary): each node's children are
+    the draft model's top-``branching[d]`` next tokens after the node's path.
+
+    The tree grows one level per draft-model ``forward_tree`` (the levels so far, from the draft model's
+    cache), so drafting costs ``len(branching)`` tree passes. The cache covers the committed sequence but
+    its last token (the root of the drafting tree) and only grows with committed tokens: ``forward_tree``
+    does not change it, so nothing is rolled back.
+    """
+
+    def __init__(self, model: LanguageModel) -> None:
+        check_language_model("model", model)
+        self.model = model
+        self.forwards = 0  # catch-up forwards and tree passes of the draft model
+        self._cache: Cache | None = None
+        self._consumed: torch.Tensor | None = None  # the tokens the cache has consumed
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def propose_tree(self, sequence: torch.Tensor, branching: tuple[int, ...]) -> TreeDraft:
+        self._catch_up(sequence[:-1])
+        tokens, parents, frontier = [int(sequence[-1])], [-1], [0]  # node 0: the last committed token
+        for width in branching:
+            logits = self.model.forward_tree(torch.tensor([tokens], device=sequence.device), self._cache,
+                                             torch.tensor(parents, device=sequence.device))[0]
+            self.forwards += 1
+            next_frontier = []
+            for node in frontier:
+                for token in logits[node].topk(min(width, self.vocab_size)).indices.tolist():
+                    next_frontier.append(len(tokens))
+                    tokens.append(token)
+                    parents.append(node)
+            frontier = next_frontier
+        # Drop node 0: the drafts' parents count from the first draft (node 0's children get -1).
+        return TreeDraft(torch.tensor(tokens[1:], dtype=torch.long, device=sequence.device),
+                         torch.tensor(parents[1:], dtype=torch.long, device=sequence.device) - 1)
+
+    def _catch_up(self, committed: torch.Tensor) -> None:
+        """Advance the cache to ``committed`` [L]: from the consumed tokens if they are its prefix, else
+        from scratch (a new generation)."""
+        consumed = self._consumed
+        if consumed is None or len(consumed) > len(committed) or not torch.equal(committed[:len(consumed)], consumed):
+            self._cache, consumed = self.model.new_cache(), committed[:0]
+        if len(committed) > len(consumed):
+            self.model(committed[len(consumed):][None], cache=self._cache, logits_to_keep=1)
+            self.forwards += 1
+        self._consumed = committed
+
+
+class PromptLookupTreeDrafter:
+    """Drafting without a model: the continuations of *every* earlier occurrence of the sequence's last
+    ``n`` tokens (``n = max_ngram, .., 1``, the longest n with a match), merged into a tree (a trie: shared
+    prefixes share nodes), latest occurrence first, at most ``branching[d]`` children per node at depth d.
+    No match: an empty tree (the step decodes one token)."""
+
+    def __init__(self, max_ngram: int = 3) -> None:
+        self.max_ngram = check_int("max_ngram", max_ngram, 1)
+
+    def propose_tree(self, sequence: torch.Tensor, branching: tuple[int, ...]) -> TreeDraft:
+        tokens, parents = [], []
+        children: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        for start in self._continuation_starts(sequence):
+            parent = -1
+            for depth, token in enumerate(sequence[start:start + len(branching)].tolist()):
+                node = children.get((parent, token))
+                if node is None:
+                    if sum(1 for p, _ in children if p == parent) >= branching[depth]:
+                        break  # this node is full: the rest of the continuation has no place
+                    node = children[(parent, token)] = len(tokens)
+                    tokens.append(token)
+                    parents.append(parent)
+                parent = node
+        return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=sequence.device),
+                         torch.tensor(parents, dtype=torch.long, device=sequence.device))
+
+    def _continuation_starts(self, sequence: torch.Tensor) -> list[int]:
+        """Where the continuations of the longest matching n-gram start, latest occurrence first."""
+        for n in range(min(self.max_ngram, len(sequence) - 1), 0, -1):
+            windows = sequence[:-1].unfold(0, n, 1)  # every n-gram but the final one itself
+            hits = (windows == sequence[-n:]).all(dim=1).nonzero().flatten() + n
+            if len(hits):
+                return hits.flip(0).tolist()
+        return []
+
+
+# ---- generation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter: TreeDrafter,
+                              branching: Sequence[int] = (2, 2, 1), sampling: SamplingConfig | None = None,
+                              generator: torch.Generator | None = None,
+                              on_token: Callable[[torch.Tensor], None] | None = None,
+                              stats: SpeculativeStats | None = None) -> torch.Tensor:
+    """Greedy generation of up to ``max_new_tokens`` after one prompt, a draft tree verified per forward.
+
+    The output equals ``generate``'s greedy output token for token; generation stops at ``eos_token_id``
+    (included). ``stats`` (a ``SpeculativeStats``) counts per step the drafted nodes (``proposed``) and the
+    accepted path length (``accepted``); its ``replays`` are the commit forwards (one per step that
+    continues).
+
+    Args:
+        model: the target ``LanguageModel``. input_ids: [1, T] the prompt (T >= 1).
+        drafter: a ``TreeDrafter`` (``ModelTreeDrafter``, ``PromptLookupTreeDrafter`` or your own).
+        branching: the most children per node at each depth, e.g. (2, 2, 1); near ``max_new_tokens`` the
+            tree is cut to the levels whose tokens can still be emitted.
+        sampling: a greedy ``SamplingConfig`` (``do_sample=False``; default: 32 tokens).
+        generator: not used (greedy verification draws no random numbers); taken so that the function is a
+            decode loop for ``generate_text`` like ``generate`` and ``speculative_generate``.
+        on_token: optional callback receiving each new token as a [1] tensor (streaming).
+    Returns:
+        [1, T + n] token ids, n <= max_new_tokens.
+    """
+    sampling = sampling or SamplingConfig(do_sample=False)
+    branching = _check_arguments(model, input_ids, drafter, branching, sampling)
+    stats = stats if stats is not None else SpeculativeStats()
+    start = time.perf_counter()
+    cache = model.new_cache()
+    logits = model(input_ids, cache=cache, logits_to_keep=1)[0, -1]
+    stats.target_forwards += 1
+    stats.prefill_s = time.perf_counter() - start
+    if sampling.max_new_tokens == 0:
+        return input_ids.clone()
+    pending = logits.argmax(-1, keepdim=True)  # [1]: emitted, not yet in the cache
+    _emit(pending, on_token)
+    first = time.perf_counter()
+    new, sequence = [pending], torch.cat([input_ids[0], pending])
+    remaining = sampling.max_new_tokens - 1
+    finished = sampling.eos_token_id is not None and int(pending) == sampling.eos_token_id
+    while remaining and not finished:
+        levels = branching[:remaining - 1]  # a step emits at most len(levels) + 1 tokens
+        draft = _checked(drafter.propose_tree(sequence, levels), levels, model.config.vocab_size, sequence) \
+            if levels else TreeDraft(sequence[:0], sequence[:0])
+        ids = torch.cat([pending, draft.tokens])[None]  # node 0: the pending token
+        tree = token_tree(torch.cat([pending.new_tensor([-1]), draft.parents + 1]))
+        logits = model.forward_tree(ids, cache, tree)[0]  # [N + 1, V]
+        stats.target_forwards += 1
+        node, token, accepted = greedy_walk(logits, ids[0], tree.parents)
+        emitted, finished = record_step(stats, len(draft.tokens), len(accepted) - 1,
+                                        torch.cat([ids[0, accepted[1:]], token[None]]), sampling.eos_token_id, on_token)
+        new.append(emitted)
+        sequence = torch.cat([sequence, emitted])
+        remaining -= len(emitted)
+        if finished or not remaining:
+            break  # the cache is not needed any more
+        model.commit_tree_path(ids, cache, tree, node)
+        stats.target_forwards += 1
+        stats.replays += 1
+        pending = token[None]
+    stats.new_tokens = sum(len(tokens) for tokens in new)
+    stats.decode_s = time.perf_counter() - first
+    return torch.cat([input_ids, torch.cat(new)[None]], dim=1)
+
+
+def greedy_walk(logits: torch.Tensor, tokens: torch.Tensor,
+                parents: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Greedy verification of a tree whose node 0 is the pending token: from node 0, move to the child
+    holding the target's argmax while there is one.
+
+    Args: logits [N, V] (next-token logits after each node), tokens [N], parents [N] (node 0's is -1).
+    Returns: (the last accepted node, the target's argmax after it [] int64, the accepted path [a + 1]
+    of node indices from node 0).
+    """
+    node, path = 0, [0]
+    while True:
+        token = logits[node].argmax(-1)
+        match = ((parents == node) & (tokens == token)).nonzero().flatten()
+        if not len(match):
+            return node, token, torch.tensor(path, dtype=torch.long, device=tokens.device)
+        node = int(match[0])
+        path.append(node)
+
+
+def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: TreeDrafter, branching: Sequence[int],
+                     sampling: SamplingConfig) -> tuple[int, ...]:
+    check_one_prompt(model, input_ids)
+    check_tree_drafter(drafter, model)
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    if sampling.do_sample:
+        raise ValueError("tree speculative decoding verifies greedily only (sampling=SamplingConfig(do_sample=False)); "
+                         "for sampling use chain speculative decoding (speculative_generate)")
+    check_token_ids(sampling, model.config.vocab_size)
+    return check_branching(branching)
+
+
+def check_tree_drafter(drafter: TreeDrafter, model: LanguageModel) -> None:
+    """Raise unless ``drafter`` has a ``propose_tree`` method and, if it reports a ``vocab_size`` (a draft
+    model), that is ``model``'s."""
+    if not callable(getattr(drafter, "propose_tree", None)):
+        raise TypeError(f"drafter must have a propose_tree(sequence, branching) method, got {type(drafter).__name__}")
+    draft_vocab = getattr(drafter, "vocab_size", None)
+    if draft_vocab is not None and draft_vocab != model.config.vocab_size:
+        raise ValueError(f"the draft model's vocab_size {draft_vocab} differs from the target's "
+                         f"{model.config.vocab_size}: they must share a tokenizer")
+
+
+def _checked(draft: TreeDraft, branching: tuple[int, ...], vocab_size: int, sequence: torch.Tensor) -> TreeDraft:
+    """``draft`` if it is a well-formed tree within ``branching`` (a drafter is user code), else an error."""
+    if not isinstance(draft, TreeDraft):
+        raise TypeError(f"drafter.propose_tree must return a TreeDraft, got {type(draft).__name__}")
+    tokens, parents = draft.tokens, draft.parents
+    for name, value in (("tokens", tokens), ("parents", parents)):
+        if not isinstance(value, torch.Tensor) or value.ndim != 1 or value.dtype != torch.long \
+                or value.device != sequence.device:
+            raise ValueError(f"TreeDraft.{name} must be an int64 tensor [N] on {sequence.device}, got {value!r}")
+    if len(tokens) != len(parents):
+        raise ValueError(f"TreeDraft.tokens and parents must have one entry per node, got {len(tokens)} tokens "
+                         f"and {len(parents)} parents")
+    if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(f"TreeDraft.tokens must lie in [0, {vocab_size}), got values in "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+    tree = token_tree(parents)  # validates the parent indices
+    if len(tokens) and int(tree.depths.max()) >= len(branching):
+        raise ValueError(f"the draft tree is {int(tree.depths.max()) + 1} levels deep, more than "
+                         f"len(branching) = {len(branching)}")
+    for depth, width in enumerate(branching):
+        at_depth = parents[tree.depths == depth]
+        if len(at_depth) and int(torch.unique(at_depth, return_counts=True)[1].max()) > width:
+            raise ValueError(f"a node at depth {depth - 1} of the draft tree has more than branching[{depth}] = "
+                             f"{width} children")
+    return draft
