@@ -250,7 +250,7 @@ class Mamba(nn.Module):
             y = _scan(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads), (dt * x).unsqueeze(-1),
                       log_a, negative, state, mode, self.chunk_size).squeeze(-1)
         y = y + x * self.D.to(x.dtype)
-        if self.reorder is not None:  # back to the original positions (exactly, as P tends to a permutation)
+        if self.reorder is not None:  # back to the original positions (approximately; exactly as tau -> 0)
             y = order.transpose(-1, -2) @ y
         y = y * F.silu(z)
         return self.out_proj(y)
@@ -260,6 +260,9 @@ class Mamba(nn.Module):
         had followed the cached state (read, not changed): ``tree_short_conv``, then the selective scan as
         ``tree_decay_recurrence`` with one decay per (channel, state), level by level (``mode="recurrent"``:
         with heads = d_inner channels the chunked tree form would hold N^2 d_state decays per channel)."""
+        if self.reorder is not None:
+            raise ValueError("a Mamba layer with reorder_tau is not causal (it permutes the sequence): it has no "
+                             "tree path (build it with reorder_tau=None)")
         b, n, _ = hidden.shape
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = self.conv1d.forward_tree(x, state, tree)

@@ -42,7 +42,8 @@ def check_token_dynamics(value: object) -> str | None:
 
 def state_signs(token_dynamics: str, d_state: int) -> torch.Tensor:
     """The fixed signs [d_state] of ``D``: all +1, all -1, or +1 on the first ``ceil(d_state / 2)`` states then -1."""
-    check_token_dynamics(token_dynamics)
+    if check_token_dynamics(token_dynamics) is None:
+        raise ValueError(f"token_dynamics must be one of {TOKEN_DYNAMICS} here (None means the plain x_proj)")
     if token_dynamics == "positive":
         return torch.ones(d_state)
     if token_dynamics == "negative":
@@ -62,7 +63,9 @@ class SignedXProj(nn.Module):
 
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, token_dynamics: str) -> None:
         super().__init__()
-        check_token_dynamics(token_dynamics)
+        if check_token_dynamics(token_dynamics) is None:
+            raise ValueError(f"token_dynamics must be one of {TOKEN_DYNAMICS} for a SignedXProj, got None "
+                             "(None means a plain nn.Linear x_proj)")
         if d_state > d_inner:
             raise ValueError(f"token_dynamics needs d_state <= d_inner (P is unit upper-triangular "
                              f"[d_state, d_inner]), got d_state = {d_state}, d_inner = {d_inner}")

@@ -45,7 +45,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None, mask: torch.Tensor | None,
                 seq_starts: torch.Tensor | None = None) -> torch.Tensor:
-        packed = {} if seq_starts is None else {"seq_starts": seq_starts}  # a mixer without it still runs unpacked
+        packed = {} if seq_starts is None else {"seq_starts": seq_starts}  # mixers without seq_starts serve unpacked input only
         x = x + self.mixer(self.norm(x), state, mask, **packed)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))

@@ -304,6 +304,6 @@ def _checked(draft: TreeDraft, branching: tuple[int, ...], vocab_size: int, sequ
     for depth, width in enumerate(branching):
         at_depth = parents[tree.depths == depth]
         if len(at_depth) and int(torch.unique(at_depth, return_counts=True)[1].max()) > width:
-            raise ValueError(f"a node at depth {depth - 1} of the draft tree has more than branching[{depth}] = "
-                             f"{width} children")
+            where = "the root (the committed sequence)" if depth == 0 else f"a node at depth {depth - 1}"
+            raise ValueError(f"{where} of the draft tree has more than branching[{depth}] = {width} children")
     return draft

@@ -119,14 +119,14 @@ def decay_step(
     scale = _checks.resolve_scale(scale, q)
     # Heads-first views of the one token (transposes, not copies): a decode step is ~20 small ops, so
     # each avoided op and no-op dtype conversion shows in its time.
-    g = to_dtype(log_decay, dtype)
-    a = decay_values(g, signs(decay_negative, g)).transpose(1, 2)  # [B, H, 1] or [B, H, 1, K]
-    a = a.unsqueeze(-1) if a.ndim == 3 else a.transpose(-1, -2)  # [B, H, 1, 1] or [B, H, K, 1]
     k_col = to_dtype(k, dtype).permute(0, 2, 3, 1)  # [B, H, K, 1]
     v_row = to_dtype(v, dtype).transpose(1, 2)  # [B, H, 1, V]
-    if initial_state is None:
+    if initial_state is None:  # a zero state: the decay has nothing to act on
         state = k_col * v_row
     else:  # a fresh tensor, then updated in place: two passes over the state, the caller's left alone
+        g = to_dtype(log_decay, dtype)
+        a = decay_values(g, signs(decay_negative, g)).transpose(1, 2)  # [B, H, 1] or [B, H, 1, K]
+        a = a.unsqueeze(-1) if a.ndim == 3 else a.transpose(-1, -2)  # [B, H, 1, 1] or [B, H, K, 1]
         state = to_dtype(initial_state, dtype) * a
         state.addcmul_(k_col, v_row)
     q_row = to_dtype(q, dtype).transpose(1, 2)  # [B, H, 1, K]

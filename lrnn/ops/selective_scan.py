@@ -31,7 +31,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from lrnn.ops import _checks
-from lrnn.validation import check_flag
+from lrnn.ops._chunking import compute_dtype
+from lrnn.validation import check_flag, check_int
 
 __all__ = ["selective_scan"]
 
@@ -65,7 +66,7 @@ def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         (float64 for float64 inputs), or None unless ``output_final_state``.
     """
     _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment)
-    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(v.dtype)
     batch, length, channels = v.shape
     h0 = (torch.zeros(batch, channels, A.shape[1], dtype=dtype, device=v.device) if initial_state is None
           else initial_state.to(dtype))
@@ -92,8 +93,8 @@ def _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment) -> None
     _checks.check_same_dtype_device({"v": v, "dt": dt, "A": A, "B": B, "C": C}, dtype=False)
     _checks.check_state(initial_state, (batch, channels, A.shape[1]), "[batch, channels, d_state]", v)
     check_flag("negative_eigenvalues", negative_eigenvalues)
-    if segment is not None and (isinstance(segment, bool) or not isinstance(segment, int) or segment < 1):
-        raise ValueError(f"segment must be None or an int >= 1, got {segment!r}")
+    if segment is not None:
+        check_int("segment", segment, 1)
 
 
 def _decay_into(out: torch.Tensor, dt_t: torch.Tensor, A_t: torch.Tensor, log2: torch.Tensor | None) -> torch.Tensor:

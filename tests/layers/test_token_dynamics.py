@@ -194,3 +194,10 @@ def test_more_states_than_channels_is_refused():
     """P is unit upper-triangular [d_state, d_inner]: it needs d_state <= d_inner."""
     with pytest.raises(ValueError, match=r"d_state <= d_inner .*d_state = 20, d_inner = 16"):
         Mamba(8, d_state=20, token_dynamics="positive")
+
+
+def test_signed_x_proj_refuses_none_instead_of_falling_back_to_mixed():
+    with pytest.raises(ValueError, match="None means"):
+        SignedXProj(8, 2, 4, None)
+    with pytest.raises(ValueError, match="None means"):
+        state_signs(None, 4)

@@ -109,3 +109,13 @@ def test_peer_exports_refuse_a_reordered_model(tmp_path, fmt):
                                       mixer_kwargs={"mamba": {"d_state": 4, "reorder_tau": 0.5}}))
     with pytest.raises(ValueError, match=r"export to .*unsupported option reorder_tau=0.5: .*no importance reordering"):
         save_model(model, tmp_path, fmt)
+
+
+def test_a_reordering_layer_has_no_tree_path():
+    """forward_tree used to run the scan without the reorder: a different function from forward."""
+    from lrnn.layers import Mamba
+    from lrnn.ops import token_tree
+
+    layer = Mamba(8, d_state=4, reorder_tau=1.0)
+    with pytest.raises(ValueError, match="not causal"):
+        layer.forward_tree(torch.randn(1, 3, 8), {}, token_tree(torch.tensor([-1, 0, 1])))

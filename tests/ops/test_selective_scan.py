@@ -91,7 +91,8 @@ def test_empty_sequence_keeps_the_state():
     (lambda a: {**a, "A": a["A"][:-1]}, "A must have shape"),
     (lambda a: {**a, "B": a["B"][..., :-1]}, "B must have shape"),
     (lambda a: {**a, "initial_state": torch.zeros(2, 5, 2)}, "initial_state"),
-    (lambda a: {**a, "segment": 0}, "segment must be None or an int >= 1, got 0"),
+    (lambda a: {**a, "segment": 0}, "segment must be >= 1, got 0"),
+    (lambda a: {**a, "segment": 1.5}, "segment must be an int >= 1, got 1.5"),
     (lambda a: {**a, "negative_eigenvalues": 1}, "negative_eigenvalues"),
 ])
 def test_rejects_bad_arguments(change, match):
