@@ -264,3 +264,32 @@ def test_bench_is_a_subcommand_and_python_m_lrnn_bench_its_alias(capsys):
     with pytest.raises(SystemExit) as info:
         bench_main(["check", "--lengths", "0"])
     assert info.value.code == 2 and "lrnn bench check: error: lengths must be >= 1" in capsys.readouterr().err
+
+
+def test_eval_refuses_json_inside_the_run_and_lengths_the_task_cannot_make(tmp_path, capsys):
+    """eval --json used to overwrite the run's own files (result.json, config.json), and an eval_min below
+    the task's shortest length raised a traceback from the task instead of one line."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    before = (run / "result.json").read_text()
+    _one_line_error(capsys, ["eval", str(run), "--json", str(run / "result.json")], "lies inside the run directory")
+    assert (run / "result.json").read_text() == before
+    arithmetic = tmp_path / "arithmetic"
+    tiny_arithmetic = [*TINY, "--task", "arithmetic", "--train-min", "3", "--eval-min", "8"]
+    assert main(["train", *tiny_arithmetic, "--out", str(arithmetic)]) == 0
+    _one_line_error(capsys, ["eval", str(arithmetic), "--eval-min", "1"], "needs lengths >=")
+
+
+def test_resuming_after_the_last_checkpoint_logs_the_final_evaluation_once(tmp_path, capsys):
+    """A run interrupted after its final checkpoint (no result.json yet) used to log its closing
+    evaluation twice on resume."""
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    (run / "result.json").unlink()
+    shutil.rmtree(run / "model")
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "eval" for r in records) == 1
+    assert sum(r["kind"] == "train" and r["step"] == 3 for r in records) == 1

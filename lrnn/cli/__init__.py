@@ -309,6 +309,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     with user_input():
         if args.json:
             _check_output_file(args.json, "--json")
+            from pathlib import Path
+
+            if Path(args.json).resolve().is_relative_to(Path(args.run_dir).resolve()):
+                raise CommandError(f"--json {args.json} lies inside the run directory {args.run_dir}, whose files "
+                                   "an evaluation must not replace: write it elsewhere")
         saved = load_run(args.run_dir)
         config = dataclasses.replace(saved.config, **_given_run_flags(args))
         device = resolve_device(config.device)

@@ -281,7 +281,7 @@ def open_pretrain(config: PretrainConfig, out_dir: str | Path, processes: Proces
         if checkpoint is None:
             _remove_run_files(run_dir, RUN_FILES)
         else:
-            _truncate_log(run_dir / LOG_FILE, start)
+            _truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
         config.save(run_dir / CONFIG_FILE)
         tokenizer.save(run_dir)
     processes.barrier()

@@ -77,7 +77,8 @@ def build_model(config: RunConfig, task: Task) -> LanguageModel:
 def make_eval_task(config: RunConfig, task: Task | None = None) -> Task:
     """The task a run is evaluated on: ``config.eval_task`` if set, else ``task.test_split`` (the training
     task's held-out split, e.g. sequential_digits -> sequential_digits_test) if it has one, else the
-    training task itself (generated tasks: the evaluation draws fresh sequences from a fixed seed).
+    training task itself (generated tasks: the evaluation draws fresh sequences from a fixed seed). A
+    ValueError names an ``eval_min`` below the shortest length the evaluation task can generate.
 
     ``task`` is the training task (built from ``config.task`` when None). The evaluation task must have
     the same vocabulary size, number of classes and answer positions as the training task (the model's
@@ -85,16 +86,19 @@ def make_eval_task(config: RunConfig, task: Task | None = None) -> Task:
     """
     task = make_task(config.task) if task is None else task
     name = config.eval_task if config.eval_task is not None else task.test_split
-    if name is None or name == task.name:
-        return task
-    try:
-        eval_task = make_task(name)
-    except ValueError as err:
-        raise ValueError(f"eval_task: {err}") from None
-    for attr in ("vocab_size", "num_classes", "answer_positions"):
-        if getattr(eval_task, attr) != getattr(task, attr):
-            raise ValueError(f"eval_task {name!r} does not fit task {task.name!r}: its {attr} is "
-                             f"{getattr(eval_task, attr)!r}, the training task's is {getattr(task, attr)!r}")
+    eval_task = task
+    if name is not None and name != task.name:
+        try:
+            eval_task = make_task(name)
+        except ValueError as err:
+            raise ValueError(f"eval_task: {err}") from None
+        for attr in ("vocab_size", "num_classes", "answer_positions"):
+            if getattr(eval_task, attr) != getattr(task, attr):
+                raise ValueError(f"eval_task {name!r} does not fit task {task.name!r}: its {attr} is "
+                                 f"{getattr(eval_task, attr)!r}, the training task's is {getattr(task, attr)!r}")
+    if config.eval_min < eval_task.min_supported_length:
+        raise ValueError(f"task {eval_task.name!r} needs lengths >= {eval_task.min_supported_length}, got "
+                         f"eval_min = {config.eval_min}")
     return eval_task
 
 
@@ -221,9 +225,6 @@ def open_run(config: RunConfig, out_dir: str | Path | None = None, *, resume: bo
     if config.train_min < task.min_supported_length:
         raise ValueError(f"task {task.name!r} needs lengths >= {task.min_supported_length}, got train_min = "
                          f"{config.train_min}")
-    if config.eval_min < eval_task.min_supported_length:
-        raise ValueError(f"task {eval_task.name!r} needs lengths >= {eval_task.min_supported_length}, got "
-                         f"eval_min = {config.eval_min}")
     run_dir = None if out_dir is None else Path(out_dir)
     holds_this_run = run_dir is not None and _holds_this_run(run_dir, config, force)
     if holds_this_run and resume and (run_dir / RESULT_FILE).is_file():
@@ -239,7 +240,7 @@ def open_run(config: RunConfig, out_dir: str | Path | None = None, *, resume: bo
             remove_temporaries(directory)
         if holds_this_run and resume and (run_dir / CHECKPOINT_FILE).is_file():
             start, seconds_before = _load_checkpoint(run_dir, config, model, optimizer, generator)
-            _truncate_log(run_dir / LOG_FILE, start)
+            _truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
         else:
             _remove_run_files(run_dir)
         config.save(run_dir / CONFIG_FILE)
@@ -489,17 +490,21 @@ class _Log:
             f.write(json.dumps(record) + "\n")
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines of steps after ``step`` (written after the checkpoint a resumed run starts from)."""
+def _truncate_log(path: Path, step: int, final: bool = False) -> None:
+    """Drop the log lines written after the checkpoint of ``step`` that a resumed run starts from: those of
+    later steps and, when ``step`` is the run's last (``final``), its closing evaluation lines at ``step``
+    (written after that checkpoint, and written again by the resumed run)."""
     if not path.is_file():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the interruption
             continue
+        at = record.get("step", 0)
+        if at < step or (at == step and not (final and record.get("kind") != "train")):
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
