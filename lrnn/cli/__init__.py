@@ -577,6 +577,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     from lrnn.models.text import encode_prompt
     from lrnn.models.tokenizer import Tokenizer
 
+    if args.greedy and (args.temperature != 1.0 or args.top_k != 0 or args.top_p != 1.0):
+        raise CommandError("--temperature, --top-k and --top-p shape sampling: drop them or drop --greedy")
     with user_input():
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -730,7 +732,10 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
         files = corpus_files(args.data) if args.data else default_corpus_files()
         check_has_text(files)
     path = train_tokenizer(iter_corpus(files), args.vocab_size, args.out)
-    print(f"trained a {args.vocab_size}-token byte-level BPE on {len(files)} file(s): {path}")
+    from tokenizers import Tokenizer as Vocabulary
+
+    size = Vocabulary.from_file(str(path)).get_vocab_size()  # a small corpus gives fewer merges than asked
+    print(f"trained a {size}-token byte-level BPE (--vocab-size {args.vocab_size}) on {len(files)} file(s): {path}")
     return 0
 
 

@@ -65,3 +65,13 @@ def test_speculative_flag_errors_are_one_line(model_dir, tmp_path, capsys):
                                          mixer_kwargs={"mamba2": {"d_state": 8, "headdim": 8}})), other, "lrnn")
     line = one_line_error([*base, "--speculative", "draft", "--draft-model", str(other)], capsys)
     assert "draft model's vocab_size 50 differs from the target's" in line
+
+
+def test_greedy_refuses_sampling_flags(capsys):
+    """--greedy with --temperature / --top-k / --top-p used to ignore them silently."""
+    from lrnn.cli import main
+
+    for flag, value in (("--temperature", "5"), ("--top-k", "3"), ("--top-p", "0.5")):
+        with pytest.raises(SystemExit) as info:
+            main(["generate", "--model", "missing", "--prompt", "x", "--greedy", flag, value])
+        assert info.value.code == 2 and "drop --greedy" in capsys.readouterr().err

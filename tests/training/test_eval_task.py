@@ -33,7 +33,9 @@ def test_sequential_digits_is_evaluated_on_its_test_split():
     assert make_task("sequential_digits").test_split == "sequential_digits_test"
     assert make_task("sequential_digits_test").test_split is None
     # An explicit eval_task wins: here the train split itself.
-    assert make_eval_task(tiny_config(task="sequential_digits", eval_task="sequential_digits")).split == "train"
+    own_split = tiny_config(task="sequential_digits", eval_task="sequential_digits", train_min=64, train_max=64,
+                            eval_min=64, eval_max=64, eval_bins=1)
+    assert make_eval_task(own_split).split == "train"
     # Generated tasks without a test split are evaluated on fresh draws of themselves.
     assert make_eval_task(tiny_config(task="parity")).name == "parity"
 
