@@ -63,7 +63,8 @@ from lrnn.training.distributed import (PARALLEL_MODES, Processes, build_optimize
                                       gradient_sync, groups_by_name, load_sharded, parallelize, save_sharded,
                                       start_processes, stop_processes)
 from lrnn.training.optim import learning_rate, set_learning_rate
-from lrnn.training.trainer import _Log, _progress_bar, _remove_run_files, _truncate_log, read_log
+from lrnn.training.trainer import (_Log, _progress_bar, _remove_run_files, _truncate_log, check_run_directory,
+                                   read_log)
 from lrnn.validation import check_flag, check_int, check_number
 
 CONFIG_FILE = "config.json"
@@ -335,26 +336,19 @@ def _eval_rows(config: PretrainConfig, shards: TokenShards, world: int) -> int:
 
 # ---- run directories -----------------------------------------------------------------------------
 def _holds_this_run(run_dir: Path, config: PretrainConfig, force: bool) -> bool:
-    """True if ``run_dir`` holds this run; False if it is missing, empty, or (with ``force``) holds
-    something else; otherwise a ValueError refuses it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"the run directory {run_dir} is an existing file; give a directory")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return False
-    path = run_dir / CONFIG_FILE
-    difference = "no config.json"
-    if path.is_file():
+    """``check_run_directory`` for a pretraining run: the same run is one whose config.json equals
+    ``config`` outside ``_RESUMABLE_CHANGES``."""
+    def difference(contents: list[str]) -> str | None:
+        path = run_dir / CONFIG_FILE
+        if not path.is_file():
+            return f"no config.json, but {', '.join(contents[:5])}" + (", ..." if len(contents) > 5 else "")
         try:
             changed = _changed_fields(json.loads(path.read_text()), config)
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             changed = ["config.json is not a pretrain config"]
-        if not changed:
-            return True
-        difference = f"its config.json differs in {changed}"
-    if not force:
-        raise ValueError(f"{run_dir} holds another run's files ({difference}); choose another --out, or replace "
-                         "its run files with --force")
-    return False
+        return f"its config.json differs in {changed}" if changed else None
+
+    return check_run_directory(run_dir, force, difference, RUN_FILES)
 
 
 def _changed_fields(saved: dict, config: PretrainConfig) -> list[str]:

@@ -375,9 +375,18 @@ def _progress_bar(total: int | None, initial: int, label: str, quiet: bool, unit
 
 # ---- run directories -----------------------------------------------------------------------------
 def _holds_this_run(run_dir: Path, config: RunConfig, force: bool) -> bool:
-    """True if ``run_dir`` holds ``config``'s run (its config.json); False if it is missing or empty
-    (temporary files aside), or holds something else and ``force`` is set; else a ValueError refuses it,
-    as it does a ``run_dir`` that is, or lies under, a file."""
+    """``check_run_directory`` for a training run: the same run is one whose config.json equals ``config``
+    outside ``RESULT_NEUTRAL_FIELDS``."""
+    return check_run_directory(run_dir, force, lambda contents: _config_difference(run_dir / CONFIG_FILE, config,
+                                                                                   contents), RUN_FILES)
+
+
+def check_run_directory(run_dir: Path, force: bool, difference: Callable[[list[str]], str | None],
+                        run_files: tuple[str, ...]) -> bool:
+    """True if ``run_dir`` holds the run being opened (``difference(contents)`` is None, contents being the
+    names in it); False if it is missing or empty (temporary files aside), or holds something else and
+    ``force`` is set; else a ValueError says what ``difference`` found. A ``run_dir`` that is, or lies
+    under, a file is refused before any work. Shared by training and pretraining runs."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"the run directory {run_dir} is an existing file; give a directory")
     blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
@@ -388,12 +397,12 @@ def _holds_this_run(run_dir: Path, config: RunConfig, force: bool) -> bool:
     contents = sorted(p.name for p in run_dir.iterdir() if not is_temporary(p))
     if not contents:
         return False
-    difference = _config_difference(run_dir / CONFIG_FILE, config, contents)
-    if difference is None:
+    found = difference(contents)
+    if found is None:
         return True
     if not force:
-        raise ValueError(f"{run_dir} holds another run's files ({difference}); choose another directory, or "
-                         f"replace its {', '.join(RUN_FILES)} with --force (force=True)")
+        raise ValueError(f"{run_dir} holds another run's files ({found}); choose another directory, or "
+                         f"replace its {', '.join(run_files)} with --force")
     return False
 
 

@@ -134,3 +134,18 @@ def test_a_checkpoint_of_another_config_is_refused(straight, tmp_path, capsys):
     _one_line_error(["pretrain", *flags, "--out", str(out)], capsys,
                     "was written by another config (fields ['seed'] differ)")
     assert _snapshot(out) == before
+
+
+def test_pretrain_refuses_an_out_under_a_file_before_any_work(tmp_path, capsys):
+    """pretrain's own run-directory check used to miss an --out under a file: the error came only after the
+    tokenizer and the shards were built. It now shares training's check_run_directory."""
+    from lrnn.training.pretrain import PretrainConfig, _holds_this_run
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        _holds_this_run(blocker / "run", PretrainConfig(), force=False)
+    # Temporary files of an interrupted write are not contents: such a directory is empty.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".config.json.abc.tmp").write_text("{")
+    assert _holds_this_run(tmp_path / "run", PretrainConfig(), force=False) is False
