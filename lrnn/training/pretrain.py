@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -193,12 +192,6 @@ class PretrainConfig(JsonConfig):
 
 
 # ---- the model on its engine ---------------------------------------------------------------------
-def accepts_seq_starts() -> bool:
-    """Whether ``LanguageModel.forward`` takes ``seq_starts`` (per-token document starts that reset the
-    state, the short-conv window and attention). Until it does, packed documents see their predecessors."""
-    return "seq_starts" in inspect.signature(LanguageModel.forward).parameters
-
-
 def model_flops_per_token(model: LanguageModel) -> int:
     """``6 N``: forward + backward FLOPs per token of the matmuls, N = the non-embedding parameters plus the
     LM head (Kaplan et al.'s estimate; the recurrences' and attention's own FLOPs are not counted)."""
@@ -415,10 +408,9 @@ def _load_checkpoint(path: Path, config: PretrainConfig, shards: TokenShards, mo
 
 # ---- training --------------------------------------------------------------------------------------
 def _forward_loss(model: torch.nn.Module, batch: PackedBatch, autocast) -> torch.Tensor:
-    """Summed next-token cross-entropy (nats) of ``batch``; document starts go to the model if it takes them."""
-    kwargs = {"seq_starts": batch.seq_starts} if accepts_seq_starts() else {}
+    """Summed next-token cross-entropy (nats) of ``batch``; its document starts reset every mixer."""
     with autocast():
-        logits = model(batch.inputs, **kwargs)
+        logits = model(batch.inputs, seq_starts=batch.seq_starts)
     return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="sum")
 
 
@@ -526,7 +518,7 @@ def _train(run: Pretraining, stop_after: int | None, quiet: bool) -> dict:
     result = {"finished": True, "corpus": run.corpus, "steps": config.steps, "tokens": config.steps * tokens_per_step,
               "parameters": sum(p.numel() for p in run.plain_model.parameters()),
               "train_seconds": seconds, "processes": processes.world, **final,
-              "document_resets": accepts_seq_starts(), "config": config.to_dict()}
+              "config": config.to_dict()}
     export_model(run)
     if main:
         log.write({"kind": "val", "step": config.steps, "tokens": config.steps * tokens_per_step, **final})
@@ -598,4 +590,4 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, *, resume: bool = True
 
 __all__ = ["PretrainConfig", "Pretraining", "Processes", "open_pretrain", "pretrain", "start_processes",
            "stop_processes", "save_checkpoint", "export_model", "validate", "train_step", "plot_curves",
-           "accepts_seq_starts", "model_flops_per_token", "PARALLEL_MODES", "PRECISIONS", "RUN_FILES"]
+           "model_flops_per_token", "PARALLEL_MODES", "PRECISIONS", "RUN_FILES"]

@@ -13,7 +13,7 @@ from lrnn.data import PackedRows
 from lrnn.models import LanguageModel
 from lrnn.models.tokenizer import Tokenizer
 from lrnn.training import read_log
-from lrnn.training.pretrain import Processes, accepts_seq_starts, open_pretrain, pretrain, train_step
+from lrnn.training.pretrain import Processes, open_pretrain, pretrain, train_step
 from tests.training.pretrain_testkit import make_corpus, tiny_config
 
 
@@ -97,8 +97,6 @@ class _FirstRows:
         return list(range(batch_size))
 
 
-@pytest.mark.skipif(not accepts_seq_starts(), reason="LanguageModel.forward has no seq_starts yet (issue #13 "
-                                                     "item 2): packed documents still see their predecessors")
 def test_the_training_loss_of_a_packed_row_is_that_of_its_documents_run_alone(setup, tmp_path):
     corpus, cache, _, _ = setup
     run = open_pretrain(tiny_config(corpus, seq_len=128), tmp_path / "run", Processes(0, 1, torch.device("cpu"), False),
