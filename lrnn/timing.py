@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["synchronize", "release_memory", "time_calls", "Timing", "MatmulReference", "measure_matmul"]
+__all__ = ["synchronize", "release_memory", "time_calls", "Timing", "MatmulReference", "measure_matmul", "ReadBandwidth",
+           "measure_read_bandwidth"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -99,3 +100,34 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, size: int = 4096, r
     b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
     timing = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
     return MatmulReference(size, dtype, repeats, min(timing.times), timing.median)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadBandwidth:
+    """The machine's measured memory read rate: the best of several read-only kernels over one buffer."""
+
+    nbytes: int
+    kernel: str
+    best_seconds: float
+    rates: dict[str, float]  # kernel -> best GB/s
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.nbytes / self.best_seconds / 1e9
+
+
+def measure_read_bandwidth(device: torch.device, nbytes: int = 2**29, repeats: int = 5) -> ReadBandwidth:
+    """Read a float32 buffer of ``nbytes`` (default 512 MiB: far beyond the caches) with each of a few
+    read-only kernels (a sum, a dot product, a matrix-vector product) and keep the fastest: the rate at which
+    this device streams memory into its cores with the kernels PyTorch has -- the ceiling of a decode step,
+    which reads every weight once."""
+    rows = 4096
+    cols = max(1, nbytes // 4 // rows)
+    buffer = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)).to(device)
+    ones = torch.ones(cols, device=device)
+    flat = buffer.view(-1)
+    kernels = {"sum": lambda: flat.sum(), "dot": lambda: torch.dot(flat, flat), "mv": lambda: torch.mv(buffer, ones)}
+    size = buffer.numel() * buffer.element_size()
+    best = {name: min(time_calls(fn, device, warmup=1, repeats=repeats).times) for name, fn in kernels.items()}
+    kernel = min(best, key=best.get)
+    return ReadBandwidth(size, kernel, best[kernel], {name: size / s / 1e9 for name, s in best.items()})

@@ -20,8 +20,8 @@ from lrnn.layers.registry import MixerSpec, register
 from lrnn.layers.reorder import ImportanceReorder
 from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
 from lrnn.validation import check_flag, check_positive
-from lrnn.ops import (TokenTree, decay_recurrence, decay_step, negative_range, reset_at_starts, selective_scan,
-                      tree_decay_recurrence)
+from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, negative_range, reset_at_starts,
+                      selective_scan, tree_decay_recurrence)
 
 State = dict[str, torch.Tensor]
 
@@ -33,12 +33,21 @@ def _signed_log_decay(log_a: torch.Tensor, negative_eigenvalues: bool, seq_start
     return signed if seq_starts is None else reset_at_starts(seq_starts, *signed)
 
 
+def _may_update_in_place(ssm: torch.Tensor | None, q: torch.Tensor) -> bool:
+    """Whether a decode step may overwrite the cached state ``ssm``: no autograd graph can need it, and it
+    is already in the step's compute dtype."""
+    return (ssm is not None and not torch.is_grad_enabled() and not ssm.requires_grad
+            and ssm.dtype == compute_dtype(q.dtype))
+
+
 def _scan(q, k, v, log_a, negative, state: State | None, mode: str, chunk_size: int) -> torch.Tensor:
     """The SSM recurrence (scale 1) in a ``scan_mode`` mode, reading and updating ``state["ssm"]``:
     ``decay_step`` for a decode step, else ``decay_recurrence``. Shapes as in ``decay_recurrence``."""
     if mode == "step":  # shapes and decay ranges are right by construction: skip the per-token checks
+        # In place when no graph needs the old state (inference): no state-sized allocation per token.
+        # Cache snapshots (``Cache.clone``) hold copies, so they are not affected.
         y, state["ssm"] = decay_step(q, k, v, log_a, negative, scale=1.0, initial_state=state["ssm"],
-                                     validate=False)
+                                     validate=False, update_in_place=_may_update_in_place(state["ssm"], q))
         return y
     y, ssm = decay_recurrence(q, k, v, log_a, negative, scale=1.0,
                               initial_state=None if state is None else state.get("ssm"),

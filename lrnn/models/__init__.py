@@ -4,6 +4,8 @@ checkpoint I/O."""
 from lrnn.layers import Cache
 from lrnn.models.config import ModelConfig
 from lrnn.models.generation import SamplingConfig, SpecialTokens, generate, select_next
+from lrnn.models.inference import (WEIGHT_FORMATS, InferenceLinear, decode_weight_bytes, is_prepared,
+                                   prepare_for_inference)
 from lrnn.models.lm import LanguageModel
 from lrnn.models.speculative import (Draft, Drafter, ModelDrafter, PromptLookupDrafter, SpeculativeStats,
                                      speculative_generate, verify_draft)
@@ -14,4 +16,5 @@ from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDraf
 __all__ = ["ModelConfig", "LanguageModel", "Cache", "SamplingConfig", "SpecialTokens", "generate", "select_next",
            "GenerationStats", "generate_text", "speculative_generate", "verify_draft", "Draft", "Drafter",
            "PromptLookupDrafter", "ModelDrafter", "SpeculativeStats", "tree_speculative_generate", "TreeDraft",
-           "TreeDrafter", "static_tree", "ModelTreeDrafter", "PromptLookupTreeDrafter"]
+           "TreeDrafter", "static_tree", "ModelTreeDrafter", "PromptLookupTreeDrafter", "WEIGHT_FORMATS", "InferenceLinear", "prepare_for_inference",
+           "is_prepared", "decode_weight_bytes"]

@@ -12,6 +12,7 @@ from lrnn.layers import Cache, RMSNorm, build_mixer
 from lrnn.models.config import ModelConfig
 from lrnn.ops import TokenTree, check_seq_starts, token_tree, tree_path
 from lrnn.models.generation import SpecialTokens
+from lrnn.models.inference import is_prepared
 from lrnn.models.io import (CONFIG_NAME, WEIGHTS_NAME, cast_tensors_, load_special_tokens, load_weights,
                             save_special_tokens, save_weights)
 from lrnn.validation import check_int
@@ -170,6 +171,9 @@ class LanguageModel(nn.Module):
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint stores: ``state_dict()`` without a tied head (stored once, as the embedding)."""
+        if is_prepared(self):
+            raise ValueError("this model was converted by prepare_for_inference (inference-only weights): save the "
+                             "original model instead")
         state = self.state_dict()
         if self.config.tie_embeddings and self.config.num_labels is None:
             state.pop("head.weight", None)

@@ -1,4 +1,4 @@
-"""Tree speculative decoding (greedy, batch 1): draft a token tree, verify every branch in one forward.
+"""Tree speculative decoding (greedy or sampled, batch 1): draft a token tree, verify every branch in one forward.
 
 One step, with the target's cache covering every committed token but the last one (the *pending* token):
 
@@ -9,9 +9,10 @@ One step, with the target's cache covering every committed token but the last on
 2. the target verifies ``[pending] + tree`` in one ``LanguageModel.forward_tree`` from its cache (every
    mixer's tree path: the ancestor mask in the tree ops; LSTM and S4D run each node's path), giving the
    next-token logits after every node;
-3. greedy verification walks down from the pending token: while the target's argmax after the current
-   node is one of its children, move to that child. The accepted path plus the target's argmax after its
-   last node are emitted (a + 1 tokens), so the output is greedy autoregressive decoding token for token;
+3. verification walks down from the pending token. Greedy (``greedy_walk``): while the target's argmax
+   after the current node is one of its children, move to that child; the accepted path plus the argmax
+   after its last node are emitted (a + 1 tokens), so the output is greedy decoding token for token.
+   Sampling (``sampling_walk``): rejection sampling of the node's children one after the other (below);
 4. the cache is advanced by the accepted path with ``LanguageModel.commit_tree_path``, which recomputes
    it: one ordinary cached forward over ``pending + accepted drafts`` (at most depth + 1 tokens).
 
@@ -22,9 +23,18 @@ over at most depth + 1 tokens per step. Reading the states out of the verificati
 ``tree_*_state(node=...)`` functions) would save that forward; it needs a per-layer state-selection path
 that is not written (see docs/speculative.md).
 
-Sampling is refused: tree verification that preserves the target's distribution (multi-candidate
-rejection sampling, SpecInfer / STree) is not implemented; chain speculative decoding
-(``speculative_generate``) samples exactly.
+**Sampling: sequential rejection with point-mass proposals.** At a node with target distribution ``p``
+(``sampling_probs``: temperature, top_k, top_p) and children holding tokens ``t_1 .. t_k``: start with the
+residual ``r = p``; child ``t_i`` is accepted with probability ``r(t_i) / sum(r)``, and then the walk
+continues at that child; else ``r(t_i) = 0``. When every child is rejected (or at a leaf) the next token
+is drawn from ``r`` and the step ends. Exactness, by induction over i: with ``r_i`` = p conditioned on
+"not t_1 .. t_{i-1}", the emitted token is t_i with probability ``r_i(t_i)`` and otherwise follows ``r_{i+1}``
+= ``r_i`` conditioned on "not t_i", a mixture equal to ``r_i``; so ``r_1 = p`` is emitted, and an accepted
+child continues with the target's distribution after it. This holds for any tree chosen before the
+verifier's random draws (both drafters here are deterministic given the committed sequence; repeated
+sibling tokens only waste nodes). A drafter that *sampled* its children from a draft distribution q would
+accept more often with SpecInfer's multi-candidate rule (accept with ``min(1, r(t) / q(t))``, residual
+``norm(max(r - q, 0))``); that rule is not implemented, since no drafter here samples.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from typing import Callable, Protocol
 import torch
 
 from lrnn.layers import Cache
-from lrnn.models.generation import SamplingConfig, check_token_ids
+from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
 from lrnn.models.speculative import (SpeculativeStats, _emit, check_language_model, check_one_prompt,
                                      record_step)
@@ -179,21 +189,21 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
                               generator: torch.Generator | None = None,
                               on_token: Callable[[torch.Tensor], None] | None = None,
                               stats: SpeculativeStats | None = None) -> torch.Tensor:
-    """Greedy generation of up to ``max_new_tokens`` after one prompt, a draft tree verified per forward.
+    """Generate up to ``max_new_tokens`` after one prompt, a draft tree verified per target forward.
 
-    The output equals ``generate``'s greedy output token for token; generation stops at ``eos_token_id``
-    (included). ``stats`` (a ``SpeculativeStats``) counts per step the drafted nodes (``proposed``) and the
-    accepted path length (``accepted``); its ``replays`` are the commit forwards (one per step that
-    continues).
+    Greedy output equals ``generate``'s token for token; sampled output has the distribution of
+    ``generate``'s (``sampling_walk``); generation stops at ``eos_token_id`` (included). ``stats`` (a
+    ``SpeculativeStats``) counts per step the drafted nodes (``proposed``) and the accepted path length
+    (``accepted``); its ``replays`` are the commit forwards (one per step that continues).
 
     Args:
         model: the target ``LanguageModel``. input_ids: [1, T] the prompt (T >= 1).
         drafter: a ``TreeDrafter`` (``ModelTreeDrafter``, ``PromptLookupTreeDrafter`` or your own).
         branching: the most children per node at each depth, e.g. (2, 2, 1); near ``max_new_tokens`` the
             tree is cut to the levels whose tokens can still be emitted.
-        sampling: a greedy ``SamplingConfig`` (``do_sample=False``; default: 32 tokens).
-        generator: not used (greedy verification draws no random numbers); taken so that the function is a
-            decode loop for ``generate_text`` like ``generate`` and ``speculative_generate``.
+        sampling: a ``SamplingConfig`` (default: greedy, 32 tokens); ``do_sample`` with its temperature,
+            top_k and top_p samples.
+        generator: the random numbers of sampling (the first token and every verification step).
         on_token: optional callback receiving each new token as a [1] tensor (streaming).
     Returns:
         [1, T + n] token ids, n <= max_new_tokens.
@@ -208,7 +218,7 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
     stats.prefill_s = time.perf_counter() - start
     if sampling.max_new_tokens == 0:
         return input_ids.clone()
-    pending = logits.argmax(-1, keepdim=True)  # [1]: emitted, not yet in the cache
+    pending = select_next(logits[None], sampling, generator)  # [1]: emitted, not yet in the cache
     _emit(pending, on_token)
     first = time.perf_counter()
     new, sequence = [pending], torch.cat([input_ids[0], pending])
@@ -222,7 +232,8 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
         tree = token_tree(torch.cat([pending.new_tensor([-1]), draft.parents + 1]))
         logits = model.forward_tree(ids, cache, tree)[0]  # [N + 1, V]
         stats.target_forwards += 1
-        node, token, accepted = greedy_walk(logits, ids[0], tree.parents)
+        node, token, accepted = sampling_walk(logits, ids[0], tree.parents, sampling, generator) \
+            if sampling.do_sample else greedy_walk(logits, ids[0], tree.parents)
         emitted, finished = record_step(stats, len(draft.tokens), len(accepted) - 1,
                                         torch.cat([ids[0, accepted[1:]], token[None]]), sampling.eos_token_id, on_token)
         new.append(emitted)
@@ -258,15 +269,52 @@ def greedy_walk(logits: torch.Tensor, tokens: torch.Tensor,
         path.append(node)
 
 
+def sampling_walk(logits: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, sampling: SamplingConfig,
+                  generator: torch.Generator | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Sampled verification of a tree whose node 0 is the pending token, keeping the target's distribution.
+
+    At each node, with ``r = sampling_probs(logits[node])``: its children are tried in order, child token t
+    accepted with probability ``r(t) / sum(r)`` (then the walk moves there), else ``r(t) = 0``; with every
+    child rejected (or at a leaf) the next token is drawn from ``r``. The emitted token after each node
+    follows the target's p exactly (proof in the module docstring).
+
+    Args: logits [N, V] (next-token logits after each node), tokens [N], parents [N] (node 0's is -1).
+    Returns: (the last accepted node, the token drawn after it [] int64, the accepted path [a + 1] of node
+    indices from node 0), as ``greedy_walk``.
+    """
+    node, path = 0, [0]
+    while True:
+        residual = sampling_probs(logits[node], sampling)  # [V], a fresh tensor: zeroed in place below
+        for child in (parents == node).nonzero().flatten().tolist():
+            token = tokens[child]
+            if _accept_child(torch.rand((), generator=generator, device=residual.device), residual, token):
+                node = child
+                path.append(child)
+                break
+            _reject(residual, token)
+        else:
+            token = torch.multinomial(residual, 1, generator=generator)[0]
+            return node, token, torch.tensor(path, dtype=torch.long, device=tokens.device)
+
+
+def _accept_child(u: torch.Tensor, residual: torch.Tensor, token: torch.Tensor) -> bool:
+    """Accept ``token`` with probability ``r(t) / sum(r)`` for u ~ U[0, 1). Written as a ratio, not as
+    ``u sum(r) < r(t)``: when t holds all the residual mass the ratio is exactly 1, so t is always
+    accepted and the residual never becomes all zero (the product could round up to ``sum(r)``)."""
+    return bool(u < residual[token] / residual.sum())
+
+
+def _reject(residual: torch.Tensor, token: torch.Tensor) -> None:
+    """A rejected child: the token is not emitted here, so the rest of the walk draws from p without it."""
+    residual[token] = 0.0
+
+
 def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: TreeDrafter, branching: Sequence[int],
                      sampling: SamplingConfig) -> tuple[int, ...]:
     check_one_prompt(model, input_ids)
     check_tree_drafter(drafter, model)
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-    if sampling.do_sample:
-        raise ValueError("tree speculative decoding verifies greedily only (sampling=SamplingConfig(do_sample=False)); "
-                         "for sampling use chain speculative decoding (speculative_generate)")
     check_token_ids(sampling, model.config.vocab_size)
     return check_branching(branching)
 

@@ -213,8 +213,8 @@ def test_static_tree():
 def test_bad_arguments():
     model, prompt = model_for("mamba2"), random_ids(1, 4)
     drafter = PromptLookupTreeDrafter()
-    with pytest.raises(ValueError, match="greedily"):
-        tree_speculative_generate(model, prompt, drafter, sampling=SamplingConfig(do_sample=True))
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
+        tree_speculative_generate(model, prompt, drafter, sampling=dict(do_sample=True))
     for branching in ((), (2, 0), "21", (2, 1.5)):
         with pytest.raises((ValueError, TypeError), match="branching"):
             tree_speculative_generate(model, prompt, drafter, branching)

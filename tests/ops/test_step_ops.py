@@ -119,6 +119,34 @@ def test_decay_step_takes_broadcast_views_and_leaves_its_inputs_alone():
     assert_close(new, new_ref, TOL_F64, "state")
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_decay_step_in_place_equals_the_fresh_state(per_channel, dtype):
+    """``update_in_place`` writes the same new state into the given tensor (and returns that tensor)."""
+    b, h, k_dim, v_dim = 2, 3, 5, 4
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(b, 1, h, k_dim, generator=gen, dtype=dtype) for _ in range(2))
+    v = torch.randn(b, 1, h, v_dim, generator=gen, dtype=dtype)
+    log_decay = -torch.rand(*((b, 1, h, k_dim) if per_channel else (b, 1, h)), generator=gen, dtype=dtype)
+    negative = torch.rand(log_decay.shape, generator=gen) < 0.5
+    state = torch.randn(b, h, k_dim, v_dim, generator=gen, dtype=dtype)
+    o_ref, new_ref = decay_step(q, k, v, log_decay, negative, initial_state=state)
+    o, new = decay_step(q, k, v, log_decay, negative, initial_state=state, update_in_place=True)
+    assert new is state
+    assert torch.equal(o, o_ref) and torch.equal(new, new_ref)
+
+
+def test_decay_step_in_place_needs_a_state_in_the_compute_dtype():
+    q = k = v = torch.randn(1, 1, 2, 3)
+    log_decay = -torch.rand(1, 1, 2)
+    with pytest.raises(ValueError, match="update_in_place needs an initial_state"):
+        decay_step(q, k, v, log_decay, update_in_place=True)
+    with pytest.raises(ValueError, match="compute dtype torch.float32"):
+        decay_step(q, k, v, log_decay, initial_state=torch.zeros(1, 2, 3, 3, dtype=F64), update_in_place=True)
+    with pytest.raises(TypeError, match="update_in_place"):
+        decay_step(q, k, v, log_decay, initial_state=torch.zeros(1, 2, 3, 3), update_in_place=1)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("op", ["decay_step", "delta_step"])
 def test_step_dtypes(op):
