@@ -1,7 +1,7 @@
 """Token dynamics of selective SSMs (arXiv 2410.03292): the continuous-time system and its diagnosis.
 
 A deep stack of S6 layers with residual connections and shared parameters, in the limit of many layers
-(depth -> time ``t``), moves the tokens ``x_l`` (l = 1..L, each in R^d) by (``docs/dynamics.md`` derives it)::
+(depth -> time ``t``), moves the tokens ``x_l`` (l = 1..L, each in R^d) by (``docs/token_dynamics.md`` derives it)::
 
     dx_l/dt = sum_{j<=l} sum_n C_l[n] B_j[n] * dt_j * prod_{k=j+1..l} a_k[:, n] * x_j      (per channel)
     B_j = S_B x_j   C_l = S_C x_l   dt_j = softplus(S_dt x_j + dt_bias)   a_k = exp(dt_k A)  (or 2 exp(dt_k A) - 1)
@@ -10,7 +10,7 @@ i.e. the right-hand side *is* one S6 scan with input ``x``, so ``token_velocity`
 With one decay ``A = -a`` for every state the state sum collapses to ``x_l^T (S_C^T S_B) x_j``; every token's
 own term is ``x_l^T M x_l`` for any ``A``, so the signs of the eigenvalues of the symmetric part of ``M = S_C^T S_B``
 name the regime: negative -> tokens shrink (convergent), positive -> they grow (divergent), both -> mixed
-(``docs/dynamics.md`` says what this proves and what it does not, also for the [-1, 1] range).
+(``docs/token_dynamics.md`` says what this proves and what it does not, also for the [-1, 1] range).
 ``interaction_matrix`` / ``spectrum`` compute it, ``integrate`` integrates the system with a float64 RK4,
 ``analyze_model`` does both for every Mamba (S6) layer of a ``LanguageModel``.
 """

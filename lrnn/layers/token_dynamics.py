@@ -10,7 +10,7 @@ so ``C_l^T B_j = u_l^T P^T diag(D) P u_j`` and ``M = S_C^T S_B = P^T diag(D) P``
 exactly the signs of ``D`` (Sylvester's law of inertia; ``P`` has full row rank). ``sign`` is +1 for every
 state ("positive": no convergent token scenario), -1 ("negative": the convergent one, for comparison), or
 +1 on the first ``ceil(N / 2)`` states and -1 on the rest ("mixed"). The offset 0.7 keeps ``|D_n| >= 0.7``:
-no state can switch itself off. The dt rows stay a plain linear map. ``docs/dynamics.md`` section 5 says
+no state can switch itself off. The dt rows stay a plain linear map. ``docs/token_dynamics.md`` section 5 says
 what this does and does not guarantee, in particular with the [-1, 1] eigenvalue range.
 """
 

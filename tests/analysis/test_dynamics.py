@@ -1,4 +1,4 @@
-"""The token-dynamics diagnosis (lrnn.analysis, docs/dynamics.md): the system against its derivation, the
+"""The token-dynamics diagnosis (lrnn.analysis, docs/token_dynamics.md): the system against its derivation, the
 integrator against closed forms and scipy, the regimes on constructed parameters, and the spectra of a model."""
 
 from __future__ import annotations

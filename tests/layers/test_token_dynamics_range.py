@@ -1,5 +1,5 @@
 """What refinement 1 (Mamba's ``token_dynamics``) guarantees in the token system, in both eigenvalue ranges
-(docs/dynamics.md section 5), checked on the system built from real layers (``lrnn.analysis.token_system``).
+(docs/token_dynamics.md section 5), checked on the system built from real layers (``lrnn.analysis.token_system``).
 
 * Guaranteed in both ranges: the self term of every token has the sign of D, so token 1 (self term only)
   never shrinks with "positive" and never grows with "negative", for any A, dt and P.
