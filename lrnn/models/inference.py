@@ -52,7 +52,7 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int8_matmul(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``rows [M, in] @ (scale[:, None] * q)^T`` -> [M, out], rows in bfloat16.
+    """``rows [M, in] @ (scale[:, None] * q)^T`` -> [M, out], rows and scale in bfloat16.
 
     PyTorch's CPU weight-only int8 kernel (``torch._weight_int8pack_mm``: reads the int8 weight, scales each
     output, bfloat16 in and out) when the build has it and ``in`` is a multiple of 16 (with other widths it
@@ -60,8 +60,8 @@ def _int8_matmul(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
     dequantised (slower, same values up to rounding)."""
     kernel = getattr(torch, "_weight_int8pack_mm", None)
     if kernel is not None and rows.device.type == "cpu" and rows.shape[-1] % _INT8_KERNEL_WIDTH == 0:
-        return kernel(rows, q, scale.to(rows.dtype))
-    return F.linear(rows, q.to(rows.dtype)) * scale.to(rows.dtype)
+        return kernel(rows, q, scale)
+    return F.linear(rows, q.to(rows.dtype)) * scale
 
 
 class InferenceLinear(nn.Module):
@@ -82,7 +82,7 @@ class InferenceLinear(nn.Module):
         else:
             q, scale = quantize_int8(weight)
             self.register_buffer("weight_q", q)  # [out, in]
-            self.register_buffer("scale", scale)  # [out]
+            self.register_buffer("scale", scale.to(torch.bfloat16))  # [out], in the kernel's dtype
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)
 
