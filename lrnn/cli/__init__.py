@@ -499,6 +499,11 @@ def _add_generate(sub) -> None:
     gen.add_argument("--format", choices=_FORMATS, default=None, help="model format (default: detected)")
     gen.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16", "float64"), default="auto",
                      help="compute dtype of the weights (default auto: the dtype they are stored in)")
+    gen.add_argument("--weights", choices=("float32", "bfloat16", "int8"), default=None,
+                     help="CPU inference weight format (lrnn.models.prepare_for_inference): float32 = the same "
+                          "model in a faster decode layout; bfloat16 / int8 = fewer bytes per token, a slightly "
+                          "different model (accuracy cost: lrnn bench decode --weights). Needs float32 weights, "
+                          "a CPU and an lrnn model; default: the weights as loaded")
     gen.add_argument("--max-new-tokens", type=_nonnegative_int, default=64,
                      help="default 64; 0 only reads the prompt (no decode rate is printed below 2 tokens)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -520,7 +525,8 @@ def _add_generate(sub) -> None:
                       help="longest n-gram that --speculative lookup matches (default 3; shorter ones are tried next)")
     spec.add_argument("--tree", type=_branching, default=None, metavar="B1,B2,..",
                       help="verify a draft tree instead of a chain: B_d children per node at depth d (e.g. 2,2,1: "
-                           "the draft model's top-k, or the continuations of several lookup matches); with --greedy")
+                           "the draft model's top-k, or the continuations of several lookup matches); greedy or "
+                           "sampled")
 
 
 def _speculative_decode(args: argparse.Namespace, model, dtype):
@@ -543,9 +549,7 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
         return None, None
     if args.speculative == "draft" and args.draft_model is None:
         raise CommandError("--speculative draft needs --draft-model DIR")
-    tree = args.tree is not None  # a draft tree (greedy only), else a chain
-    if tree and not args.greedy:
-        raise CommandError("--tree verifies greedily only: add --greedy (sampled speculative decoding uses a chain)")
+    tree = args.tree is not None  # a draft tree, else a chain
     if tree and args.draft_tokens is not None:
         raise CommandError("--draft-tokens cannot be used with --tree (the tree's branching sets its size)")
     if args.speculative == "draft":
@@ -572,7 +576,7 @@ def _branching(text: str) -> tuple[int, ...]:
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from lrnn.models import SamplingConfig, generate_text
+    from lrnn.models import SamplingConfig, generate_text, prepare_for_inference
     from lrnn.models.interop import load_model
     from lrnn.models.text import encode_prompt
     from lrnn.models.tokenizer import Tokenizer
@@ -584,6 +588,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
         model = load_model(args.model, args.format, dtype)  # first: a missing model is named before its tokenizer
+        if args.weights is not None:  # after load_model: an lrnn LanguageModel on the CPU, whatever the format
+            model = prepare_for_inference(model, args.weights)
         tokenizer = Tokenizer(args.tokenizer or args.model)
         encode_prompt(model, tokenizer, args.prompt)
         decode, speculative_stats = _speculative_decode(args, model, dtype)
@@ -739,6 +745,78 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain_sweep(sub) -> None:
+    sweep = sub.add_parser(
+        "pretrain-sweep", help="pretrain models x eigenvalue ranges x seeds (resumable), then the LM comparison "
+                               "report",
+        description="Train every run of --spec (a JSON PretrainSweepSpec: models, ranges, seeds, base, variants, "
+                    "model_overrides; see lrnn.training.pretrain_sweep) under OUT/runs/<model>-<pos|neg|base>-"
+                    "s<seed>, one process per run in --workers spawned processes, then write the report of "
+                    "`lrnn pretrain-report` into OUT. The plan is printed and checked before anything runs: a "
+                    "finished run of the same config is reused, an interrupted one resumes from its checkpoint, "
+                    "and a run directory of another config is refused (use another --out). Re-running the "
+                    "command after an interruption continues the sweep.")
+    sweep.add_argument("--spec", required=True, help="a JSON file with PretrainSweepSpec fields")
+    sweep.add_argument("--out", required=True, help="sweep directory (runs in OUT/runs, the report in OUT)")
+    sweep.add_argument("--workers", type=_positive_int, default=1,
+                       help="runs trained at once, each in its own process (default 1)")
+    _add_threads(sweep, " per worker")
+    sweep.add_argument("--cache-dir", default=None,
+                       help="where trained tokenizers and token shards are cached (default $LRNN_CACHE_DIR, else "
+                            "~/.cache/lrnn)")
+    sweep.add_argument("--dry-run", action="store_true", help="print and check the plan; train nothing")
+    sweep.add_argument("--quiet", action="store_true", help="print neither the plan nor a line per run")
+
+
+def _run_pretrain_sweep(args: argparse.Namespace) -> int:
+    from lrnn.training.pretrain_sweep import PretrainSweepSpec, plan_pretrain_sweep, prepare_corpora, run_pretrain_plan
+
+    with user_input():
+        plan = plan_pretrain_sweep(PretrainSweepSpec.load(args.spec), args.out)
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    with user_input():  # a missing or empty corpus, or a tokenizer too large, is refused before any run starts
+        prepare_corpora(plan, args.cache_dir, print_fn=lambda text: None if args.quiet else print(text, flush=True))
+    summary = run_pretrain_plan(plan, workers=args.workers, threads=args.threads, quiet=args.quiet,
+                                cache_dir=args.cache_dir, command=args.command_line)
+    if "report" in summary:
+        print(f"report: {summary['report']['report']}")
+    for name, error in summary["failed"].items():
+        print(f"failed: {name}: {error.strip().splitlines()[-1]}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _add_pretrain_report(sub) -> None:
+    report = sub.add_parser(
+        "pretrain-report", help="pretraining runs -> LM comparison table (bits per byte, [-1, 1] minus [0, 1]), "
+                                "curves and generated samples",
+        description="Collect every finished `lrnn pretrain` run under RUNS_DIR and write report.md (a row per "
+                    "model and eigenvalue range: parameters, tokens, validation bits per byte and loss, final "
+                    "training loss, throughput, model-FLOP fraction, instability; the [-1, 1] minus [0, 1] "
+                    "difference per model), summary.json, comparison.png and samples.md (each run's model "
+                    "continuing fixed code prompts, seeded) into --out. Seeds of one model and range are pooled; "
+                    "runs of a row that differ in anything else are refused.")
+    report.add_argument("runs_dir", help="directory searched recursively for finished runs (result.json)")
+    report.add_argument("--out", default=None, help="directory for the report files (default: RUNS_DIR); files of "
+                                                    "their names are replaced only if an earlier LM report wrote "
+                                                    "them there")
+    report.add_argument("--force", action="store_true",
+                        help="replace report.md, summary.json, comparison.png or samples.md in --out even if no "
+                             "LM report wrote them")
+
+
+def _run_pretrain_report(args: argparse.Namespace) -> int:
+    from lrnn.training.lm_report import prepare_lm_report
+
+    with user_input():
+        report = prepare_lm_report(args.runs_dir, args.out, command=args.command_line, overwrite=args.force)
+    written = report.write()
+    print(written["report"].read_text(), end="")
+    print(f"written: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
 # ---- analyze (diagnoses of trained models) -----------------------------------------------------
 def _float_in(low: float, high: float):
     """An argparse type: a float in the open interval (low, high), with a one-line error naming what was given."""
@@ -761,7 +839,7 @@ def _add_analyze(sub) -> None:
         "dynamics", help="per Mamba (S6) layer: the spectrum of sym(S_C^T S_B), its regime, token norms vs time",
         description="For every Mamba (S6) layer: the eigenvalues of the symmetric part of S_C^T S_B (x_proj's C and "
                     "B rows), the regime they imply (all negative: convergent, all positive: divergent, both: mixed), "
-                    "and the continuous-time token system of docs/dynamics.md integrated (float64 RK4) from the "
+                    "and the continuous-time token system of docs/token_dynamics.md integrated (float64 RK4) from the "
                     "layer's x_proj inputs on a prompt. Prints one line per layer; with --out also writes "
                     "dynamics.json, spectra.png and norms.png.")
     dynamics.add_argument("model", help="model directory (lrnn, mamba_ssm or HF format)")
@@ -781,6 +859,18 @@ def _add_analyze(sub) -> None:
     dynamics.add_argument("--out", default=None, help="directory for dynamics.json and the PNGs (default: print only)")
     dynamics.add_argument("--force", action="store_true", help="replace those files if --out already holds them")
     _add_threads(dynamics)
+    experiment = kinds.add_parser(
+        "experiment", help="the token-dynamics experiment's report from finished runs (docs/results/token_dynamics)",
+        description="Write OUT/report.md and OUT/summary.json: for lrnn pretrain runs of Mamba (--lm-runs), the "
+                    "validation bits per byte of each x_proj parametrisation (token_dynamics default / positive / "
+                    "negative / mixed) per seed and the regime of every layer of each trained model on a fixed code "
+                    "prompt; for lrnn train runs (--classification-runs), the held-out score with and without "
+                    "reorder_tau.")
+    experiment.add_argument("--lm-runs", default=None, help="directory of lrnn pretrain run directories")
+    experiment.add_argument("--classification-runs", default=None, help="directory of lrnn train run directories")
+    experiment.add_argument("--out", required=True, help="directory for report.md and summary.json")
+    experiment.add_argument("--force", action="store_true", help="replace report.md / summary.json in --out")
+    _add_threads(experiment)
 
 
 def _prompt_ids(text: str | None, vocab_size: int, seed: int):
@@ -803,6 +893,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from lrnn.models.interop import load_model
 
     _set_threads(args.threads)
+    if args.analysis == "experiment":
+        return _run_experiment_report(args)
     with user_input():
         model = load_model(args.model, args.format)
         ids = _prompt_ids(args.prompt_ids, model.config.vocab_size, args.seed)
@@ -851,7 +943,24 @@ PARSERS += [_add_convert, _add_generate, _add_bench]
 COMMANDS.update(convert=_run_convert, generate=_run_generate, bench=_run_bench)
 PARSERS += [_add_pretrain, _add_tokenizer]
 COMMANDS.update(pretrain=_run_pretrain, tokenizer=_run_tokenizer)
+PARSERS += [_add_pretrain_sweep, _add_pretrain_report]
+COMMANDS.update({"pretrain-sweep": _run_pretrain_sweep, "pretrain-report": _run_pretrain_report})
 PARSERS += [_add_analyze]
+def _run_experiment_report(args: argparse.Namespace) -> int:
+    from lrnn.analysis import write_experiment_report
+
+    command = "lrnn analyze experiment " + " ".join(
+        f"--{name.replace('_', '-')} {value}" for name, value in
+        (("lm_runs", args.lm_runs), ("classification_runs", args.classification_runs), ("out", args.out))
+        if value is not None)
+    with user_input():
+        written = write_experiment_report(args.lm_runs, args.classification_runs, args.out, command,
+                                          overwrite=args.force)
+    print(written["report"].read_text(), end="")
+    print(f"written: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
 COMMANDS.update(analyze=_run_analyze)
 
 

@@ -1,5 +1,6 @@
 """``lrnn generate --speculative {lookup,draft} --tree B1,B2,..``: the plain greedy text, the statistics
-line, and one-line errors for flags that do not go together."""
+line, sampling (top-k 1 gives the greedy text; a seed gives one text), and one-line errors for flags that
+do not go together."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from lrnn.cli import main
 from model_testkit import single_threaded
 from test_interop_cli import model_dir, one_line_error, tok_dir  # noqa: F401 (fixtures)
-from test_speculative_cli import run_generate
+from test_speculative_cli import PROMPT, run_generate
 
 pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
 
@@ -28,11 +29,29 @@ def test_tree_greedy_text_is_the_plain_greedy_text(model_dir, capsys, flags):
     assert "tokens/s" in speculative[0] and "target forwards" in speculative[0]
 
 
+@pytest.mark.parametrize("flags", [["--speculative", "lookup", "--tree", "3,2,2"],
+                                   ["--speculative", "draft", "--tree", "2,2,1"]], ids=["lookup-322", "draft-221"])
+def test_tree_sampling_with_top_k_1_is_the_greedy_text(model_dir, capsys, flags):
+    """Sampling is accepted with --tree; with --top-k 1 every draw is the argmax: the plain greedy text."""
+    plain, _ = run_generate(model_dir, capsys, "--greedy")
+    if "draft" in flags:
+        flags = [*flags, "--draft-model", str(model_dir)]
+    out, err = run_generate(model_dir, capsys, "--top-k", "1", *flags)
+    assert out == plain
+    assert any(line.startswith(f"[speculative {flags[1]}: ") for line in err.splitlines())
+
+
+def test_tree_sampling_is_reproducible_with_a_seed(model_dir, capsys):
+    flags = ["--speculative", "draft", "--draft-model", str(model_dir), "--tree", "2,2", "--temperature", "0.8",
+             "--seed", "5"]
+    first, _ = run_generate(model_dir, capsys, *flags)
+    again, _ = run_generate(model_dir, capsys, *flags)
+    assert first == again and first.startswith(PROMPT)
+
+
 def test_tree_flag_errors_are_one_line(model_dir, capsys):
     base = ["generate", "--model", str(model_dir), "--prompt", "x"]
     assert "--tree cannot be used without --speculative" in one_line_error([*base, "--tree", "2,1"], capsys)
-    line = one_line_error([*base, "--speculative", "lookup", "--tree", "2,1"], capsys)
-    assert "--tree verifies greedily only: add --greedy" in line
     line = one_line_error([*base, "--greedy", "--speculative", "lookup", "--tree", "2", "--draft-tokens", "3"], capsys)
     assert "--draft-tokens cannot be used with --tree" in line
     for bad in ("2,0", "a", "2,,1"):  # argparse rejects the value (usage, then the error line)
