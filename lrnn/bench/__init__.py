@@ -7,6 +7,8 @@ Subcommands:
     check    fast paths vs the sequential reference on any device (e.g. a GPU), outputs and gradients.
     tasks    generation speed (real tokens/s) of the sequence tasks in ``lrnn.tasks``.
     train    one full training step (fwd, bwd, AdamW) of every mixer: ms/step, model FLOP/s vs matmul.
+    speculative  greedy decoding of trained models: autoregressive vs chain / tree speculative, tokens/s,
+             accepted tokens per step, outputs checked token for token.
 
 Submodules are imported only when ``add_subcommands`` builds the parser, so ``python -m lrnn.bench.memory``
 (the memory sweep's child process) starts without loading the rest.
@@ -28,6 +30,7 @@ SUBCOMMANDS = {
     "check": "fast paths vs the sequential reference on a device",
     "tasks": "generation speed (tokens/s) of the sequence tasks",
     "train": "time a full training step of every mixer (parity, word-problem and LM configs)",
+    "speculative": "greedy decoding speed: autoregressive vs chain and tree speculative decoding",
 }
 """Subcommand -> one-line help; each is the module ``lrnn.bench.<name>`` with ``add_arguments(parser)``
 and ``run_from_args(args, command, parser) -> int``."""

@@ -24,8 +24,8 @@ from typing import Any
 from lrnn.atomic import atomic_write_text, save_figure
 from lrnn.layers import label_order, mixer_spec
 from lrnn.training.config import config_differences
-from lrnn.training.pretrain import _RESUMABLE_CHANGES, LOG_FILE, MODEL_DIR
-from lrnn.training.report import _DASHED_STYLE, _MARKERS, _SOLID_STYLE, check_output_directory, collect_results
+from lrnn.training.pretrain import RESUMABLE_CHANGES, LOG_FILE, MODEL_DIR
+from lrnn.training.report import DASHED_STYLE, MARKERS, SOLID_STYLE, check_output_directory, collect_results
 from lrnn.training.trainer import read_log
 
 REPORT_FILE = "report.md"
@@ -40,7 +40,7 @@ SUMMARY_KIND = "lrnn pretrain-report"
 RANGE_NAMES = {"base": "-", "pos": "[0, 1]", "neg": "[-1, 1]"}
 """Run-name range part -> the eigenvalue range shown in the report ("-": a mixer without the switch)."""
 RANGE_ORDER = tuple(RANGE_NAMES.values())
-ROW_FIELDS = ("seed",) + _RESUMABLE_CHANGES
+ROW_FIELDS = ("seed",) + RESUMABLE_CHANGES
 """Config fields in which the runs pooled into one row may differ."""
 
 SPIKE_RATIO = 1.1
@@ -270,7 +270,7 @@ def shared_settings(runs: list[LMRun]) -> tuple[dict[str, Any], list[str]]:
     """(config fields equal in every run, names of the fields that differ between runs), resumable-change
     fields left out."""
     configs = [run.config for run in runs]
-    names = sorted(set().union(*configs) - set(_RESUMABLE_CHANGES))
+    names = sorted(set().union(*configs) - set(RESUMABLE_CHANGES))
     missing = object()
     shared = {n: configs[0].get(n) for n in names if all(c.get(n, missing) == configs[0].get(n, missing)
                                                          for c in configs)}
@@ -296,14 +296,14 @@ def plot_lm_curves(rows: list[LMRow], path: str | Path) -> Path:
     colours: dict[str, int] = {}
     for row in rows:
         index = colours.setdefault(row.model, len(colours))
-        style = _DASHED_STYLE if row.range == "[0, 1]" else _SOLID_STYLE
+        style = DASHED_STYLE if row.range == "[0, 1]" else SOLID_STYLE
         colour = f"C{index % 10}"
         for run in row.runs:
             label = row.model if row.range == "-" else f"{row.model} {row.range}"
             label += f" s{run.seed}" if len(row.runs) > 1 else ""
             val, train = run.val_records, run.train_records
             left.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], color=colour, label=label,
-                      marker=_MARKERS[index % len(_MARKERS)], markeredgecolor=colour, **style)
+                      marker=MARKERS[index % len(MARKERS)], markeredgecolor=colour, **style)
             right.plot([r["tokens"] for r in train], [r["loss"] for r in train], color=colour, label=label,
                        **{k: v for k, v in style.items() if not k.startswith("marker")})
     left.set(xlabel="training tokens", ylabel="bits per byte", title="validation bits per byte")

@@ -62,7 +62,7 @@ from lrnn.training.distributed import (PARALLEL_MODES, Processes, build_optimize
                                       gradient_sync, groups_by_name, load_sharded, parallelize, save_sharded,
                                       start_processes, stop_processes)
 from lrnn.training.optim import learning_rate, set_learning_rate
-from lrnn.training.trainer import (_Log, _progress_bar, _remove_run_files, _truncate_log, check_run_directory,
+from lrnn.training.trainer import (RunLog, progress_bar, remove_run_files, truncate_log, check_run_directory,
                                    read_log)
 from lrnn.validation import check_flag, check_int, check_number
 
@@ -79,7 +79,7 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_DIR, TOKENIZER_NAME, "tokenizer_c
 """What a pretraining run writes into its directory (and removes when it starts over)."""
 BETAS = (0.9, 0.95)
 PRECISIONS = ("float32", "bfloat16")
-_RESUMABLE_CHANGES = ("micro_batch", "eval_every", "eval_tokens", "log_every", "checkpoint_every", "parallel",
+RESUMABLE_CHANGES = ("micro_batch", "eval_every", "eval_tokens", "log_every", "checkpoint_every", "parallel",
                       "activation_checkpointing", "compile", "device")
 """Fields that may change between an interrupted run and its resumption: they do not change which tokens
 each step trains on, only how the work is split (float rounding) or what is logged."""
@@ -248,7 +248,7 @@ def open_pretrain(config: PretrainConfig, out_dir: str | Path, processes: Proces
     files = corpus_files(config.data) if config.data else default_corpus_files()
     corpus = ", ".join(config.data) if config.data else f"{DEFAULT_CORPUS} ({len(files)} files)"
     check_has_text(files)
-    tokenizer = _tokenizer(config, files, cache, processes, print_fn)
+    tokenizer = corpus_tokenizer(config, files, cache, processes, print_fn)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the model's "
                          f"vocab_size {config.vocab_size}: give --vocab-size >= {tokenizer.vocab_size}")
@@ -273,9 +273,9 @@ def open_pretrain(config: PretrainConfig, out_dir: str | Path, processes: Proces
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_temporaries(run_dir)
         if checkpoint is None:
-            _remove_run_files(run_dir, RUN_FILES)
+            remove_run_files(run_dir, RUN_FILES)
         else:
-            _truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
+            truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
         config.save(run_dir / CONFIG_FILE)
         tokenizer.save(run_dir)
     processes.barrier()
@@ -295,7 +295,7 @@ def _shared(processes: Processes, make: Callable[[], Any]) -> Any:
     return make()
 
 
-def _tokenizer(config: PretrainConfig, files: list[Path], cache: Path, processes: Processes,
+def corpus_tokenizer(config: PretrainConfig, files: list[Path], cache: Path, processes: Processes,
                print_fn: Callable[[str], None]) -> TextTokenizer:
     """The given tokenizer, or a byte-level BPE of ``vocab_size`` trained on the corpus (cached by the
     corpus fingerprint and the vocabulary size)."""
@@ -330,7 +330,7 @@ def _eval_rows(config: PretrainConfig, shards: TokenShards, world: int) -> int:
 # ---- run directories -----------------------------------------------------------------------------
 def _holds_this_run(run_dir: Path, config: PretrainConfig, force: bool) -> bool:
     """``check_run_directory`` for a pretraining run: the same run is one whose config.json equals
-    ``config`` outside ``_RESUMABLE_CHANGES``."""
+    ``config`` outside ``RESUMABLE_CHANGES``."""
     def difference(contents: list[str]) -> str | None:
         path = run_dir / CONFIG_FILE
         if not path.is_file():
@@ -346,7 +346,7 @@ def _holds_this_run(run_dir: Path, config: PretrainConfig, force: bool) -> bool:
 
 def _changed_fields(saved: dict, config: PretrainConfig) -> list[str]:
     current, defaults = config.to_dict(), PretrainConfig().to_dict()
-    return sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
+    return sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -470,14 +470,14 @@ def validate(run: Pretraining) -> dict[str, float]:
 def _train(run: Pretraining, stop_after: int | None, quiet: bool) -> dict:
     config, processes = run.config, run.processes
     main = processes.is_main
-    log = _Log(run.run_dir / LOG_FILE if main else None)
+    log = RunLog(run.run_dir / LOG_FILE if main else None)
     rows = PackedRows(run.shards.streams["train"], run.shards.starts["train"], config.seq_len)
     order = RowOrder(rows.num_rows, config.seed)
     end = config.steps if stop_after is None else min(stop_after, config.steps)
     flops_per_token = model_flops_per_token(run.plain_model)
     peak = _matmul_rate(config, processes) * processes.world
     tokens_per_step = config.batch_size * config.seq_len
-    bar = _progress_bar(config.steps, run.start_step, "pretrain", quiet or not main, unit="step")
+    bar = progress_bar(config.steps, run.start_step, "pretrain", quiet or not main, unit="step")
     started = time.perf_counter()
     window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
     run.model.train()

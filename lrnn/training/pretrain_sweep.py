@@ -33,7 +33,7 @@ from lrnn.training.lm_report import (check_lm_report_destination, collect_lm_run
 from lrnn.training.pretrain import (CHECKPOINT_DIR, CONFIG_FILE, LATEST_FILE, RESULT_FILE, PretrainConfig,
                                     _changed_fields)
 from lrnn.training.report import check_output_directory
-from lrnn.training.sweep import RANGES, _fold_outcomes, _init_worker, _parse_model, _say
+from lrnn.training.sweep import RANGES, fold_outcomes, init_worker, parse_model, say
 
 GRID_FIELDS = ("mixer", "negative_eigenvalues", "seed")
 """PretrainConfig fields the grid sets (models / variants, ranges, seeds): base and overrides may not."""
@@ -110,7 +110,7 @@ class PretrainSweepSpec(JsonConfig):
                             f"got {model!r}")
         if model in self.variants:
             return self.variants[model]
-        spec, variant = _parse_model(model)
+        spec, variant = parse_model(model)
         mixer_fields = {"mixer": spec.name}
         if variant:  # a registry variant: a generic field (n_h) or mixer_kwargs -> the mixer's own arguments
             generic = {k: v for k, v in variant.items() if k != "mixer_kwargs"}
@@ -326,12 +326,12 @@ def run_pretrain_plan(plan: PretrainSweepPlan, workers: int = 1, threads: int = 
     todo = plan.todo
     summary = {"runs": len(plan.runs), "skipped": len(plan.runs) - len(todo),
                "resumed": [name for name, _ in todo if plan.states[name] == "resumed"], "done": [], "failed": {}}
-    _say(quiet, f"{plan.describe()}\n{len(todo)} to run on {min(workers, max(len(todo), 1))} worker(s) x "
+    say(quiet, f"{plan.describe()}\n{len(todo)} to run on {min(workers, max(len(todo), 1))} worker(s) x "
                 f"{threads} thread(s); a run's score: its validation bits per byte")
-    prepare_corpora(plan, cache_dir, print_fn=lambda text: _say(quiet, text))
+    prepare_corpora(plan, cache_dir, print_fn=lambda text: say(quiet, text))
     jobs = [(str(plan.out / "runs" / name), config.to_dict(), None if cache_dir is None else str(cache_dir))
             for name, config in todo]
-    _fold_outcomes(map_in_workers(_run_one, jobs, workers, threads), summary, len(jobs), time.perf_counter(),
+    fold_outcomes(map_in_workers(_run_one, jobs, workers, threads), summary, len(jobs), time.perf_counter(),
                    quiet)
     if plan.report and (summary["done"] or summary["skipped"]):
         summary["report"] = write_lm_report(plan.out / "runs", plan.out, command=command)
@@ -364,12 +364,12 @@ def prepare_corpus(config: PretrainConfig, cache_dir: str | Path | None = None,
     ``open_pretrain`` would; a missing or empty corpus or a tokenizer that does not fit is a ValueError."""
     from lrnn.data import build_shards, check_has_text, corpus_files, default_corpus_files
     from lrnn.paths import default_cache_dir
-    from lrnn.training.pretrain import Processes, _tokenizer
+    from lrnn.training.pretrain import Processes, corpus_tokenizer
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = corpus_files(config.data) if config.data else default_corpus_files()
     check_has_text(files)
-    tokenizer = _tokenizer(config, files, cache, Processes(0, 1, torch.device("cpu"), False), print_fn)
+    tokenizer = corpus_tokenizer(config, files, cache, Processes(0, 1, torch.device("cpu"), False), print_fn)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the model's "
                          f"vocab_size {config.vocab_size}")
@@ -396,13 +396,13 @@ def map_in_workers(function: Callable[[Any], Any], jobs: list, workers: int, thr
     ``threads`` threads (the caller's setting restored after)."""
     if min(workers, len(jobs)) <= 1:
         previous = torch.get_num_threads()
-        _init_worker(threads)
+        init_worker(threads)
         try:
             yield from map(function, jobs)
         finally:
             torch.set_num_threads(previous)
         return
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _init_worker, (threads,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), init_worker, (threads,)) as pool:
         yield from pool.imap_unordered(function, jobs)
 
 

@@ -226,8 +226,8 @@ def plot_curves(curves: list[tuple[str, bool, list[dict]]], path: str | Path, ti
         y = [b["score"] for b in bins]
         lowest = min(lowest, *y)
         colour = f"C{index % 10}"
-        ax.plot(x, y, color=colour, marker=_MARKERS[index % len(_MARKERS)], label=label,
-                **(_DASHED_STYLE if dashed else _SOLID_STYLE), markeredgecolor=colour)
+        ax.plot(x, y, color=colour, marker=MARKERS[index % len(MARKERS)], label=label,
+                **(DASHED_STYLE if dashed else SOLID_STYLE), markeredgecolor=colour)
     ax.set(xlabel="sequence length", ylabel=metric, title=title, ylim=(min(-0.25, lowest - 0.05), 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -241,10 +241,10 @@ def _without_range(label: str) -> str:
     return label
 
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
 """One marker per model of a plot (with 10 colours, every pair is distinct for up to 60 models)."""
-_SOLID_STYLE = dict(linestyle="-", linewidth=1.8, markersize=5)
-_DASHED_STYLE = dict(linestyle=(0, (5, 3)), linewidth=1.2, markersize=5, markerfacecolor="white")
+SOLID_STYLE = dict(linestyle="-", linewidth=1.8, markersize=5)
+DASHED_STYLE = dict(linestyle=(0, (5, 3)), linewidth=1.2, markersize=5, markerfacecolor="white")
 
 
 def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metric: str) -> Path:

@@ -75,7 +75,7 @@ class SweepSpec(JsonConfig):
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)} or null, got {self.protocol!r}")
         for model in self.models:
-            _parse_model(model)
+            parse_model(model)
 
     config_kind = "sweep spec"
 
@@ -111,7 +111,7 @@ class SweepSpec(JsonConfig):
         runs = []
         for task in self.tasks:
             for model in self.models:
-                spec, variant = _parse_model(model)
+                spec, variant = parse_model(model)
                 shared = {name: value for name, value in {**self.base, **self.task_overrides.get(task, {})}.items()
                           if name not in GENERIC_FIELDS or name in spec.fields}
                 ranges = self.ranges if spec.eigenvalue_switch else self.ranges[:1]
@@ -253,19 +253,19 @@ def run_plan(plan: SweepPlan, workers: int = 1, threads: int = 1, quiet: bool = 
     todo = [(str(out / "runs" / name), config.to_dict(), threads) for name, config in plan.todo]
     summary = {"runs": len(plan.runs), "skipped": len(plan.finished), "resumed": list(plan.resumed),
                "done": [], "failed": {}}
-    _say(quiet, f"{plan.describe()}; {len(todo)} to run on {workers} worker(s) x {threads} thread(s)")
+    say(quiet, f"{plan.describe()}; {len(todo)} to run on {workers} worker(s) x {threads} thread(s)")
     started = time.perf_counter()
     if workers == 1 or len(todo) <= 1:
         previous = torch.get_num_threads()
-        _init_worker(threads)
+        init_worker(threads)
         try:
-            _fold_outcomes(map(_run_one, todo), summary, len(todo), started, quiet)
+            fold_outcomes(map(_run_one, todo), summary, len(todo), started, quiet)
         finally:  # the caller's own thread setting
             torch.set_num_threads(previous)
     else:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(threads,)) as pool:
-            _fold_outcomes(pool.imap_unordered(_run_one, todo), summary, len(todo), started, quiet)
+        with context.Pool(min(workers, len(todo)), initializer=init_worker, initargs=(threads,)) as pool:
+            fold_outcomes(pool.imap_unordered(_run_one, todo), summary, len(todo), started, quiet)
     if plan.report and (summary["done"] or summary["skipped"]):
         summary["report"] = {k: str(v) for k, v in write_report(out / "runs", out).items()}
     return summary
@@ -364,19 +364,19 @@ def _format_differences(differences: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{name}: saved {saved!r}, now {now!r}" for name, (saved, now) in differences.items())
 
 
-def _fold_outcomes(outcomes, summary: dict, total: int, started: float, quiet: bool) -> None:
+def fold_outcomes(outcomes, summary: dict, total: int, started: float, quiet: bool) -> None:
     """Fold worker outcomes into ``summary``, printing one line per finished run."""
     for i, (name, score, error) in enumerate(outcomes, 1):
         elapsed = time.perf_counter() - started
         if error is None:
             summary["done"].append(name)
-            _say(quiet, f"[{i}/{total} {elapsed:6.0f}s] {name}: score {score:.4f}")
+            say(quiet, f"[{i}/{total} {elapsed:6.0f}s] {name}: score {score:.4f}")
         else:
             summary["failed"][name] = error
-            _say(quiet, f"[{i}/{total} {elapsed:6.0f}s] {name}: FAILED: {error.splitlines()[-1]}")
+            say(quiet, f"[{i}/{total} {elapsed:6.0f}s] {name}: FAILED: {error.splitlines()[-1]}")
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
@@ -393,7 +393,7 @@ def _run_one(job: tuple[str, dict, int]) -> tuple[str, float | None, str | None]
         return name, None, traceback.format_exc()
 
 
-def _parse_model(model: str) -> tuple[MixerSpec, dict[str, Any]]:
+def parse_model(model: str) -> tuple[MixerSpec, dict[str, Any]]:
     """A sweep's model string -> (the mixer's spec, run-config fields of its variant):
     "mamba" -> (mamba, {}); "deltaproduct:2" -> (deltaproduct, {"n_h": 2});
     "s4d:ptd" -> (s4d, {"mixer_kwargs": {"init": "ptd"}}). The registry says which mixers have a variant."""
@@ -407,6 +407,6 @@ def _parse_model(model: str) -> tuple[MixerSpec, dict[str, Any]]:
     return spec, (spec.parse_variant(model, variant) if colon else {})
 
 
-def _say(quiet: bool, text: str) -> None:
+def say(quiet: bool, text: str) -> None:
     if not quiet:
         print(text, flush=True)

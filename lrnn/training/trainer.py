@@ -138,7 +138,7 @@ class Run:
         if self.result is not None:
             return RunOutcome(self.model, self.result)
         config, model, optimizer, device = self.config, self.model, self.optimizer, self.device
-        log = _Log(None if self.run_dir is None else self.run_dir / LOG_FILE)
+        log = RunLog(None if self.run_dir is None else self.run_dir / LOG_FILE)
         end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
         started = time.perf_counter()
 
@@ -146,7 +146,7 @@ class Run:
             return self.seconds_before + time.perf_counter() - started
 
         label = description or f"{config.task} {config.model_label} {config.eigenvalue_range}"
-        bar = _progress_bar(config.steps, self.start_step, label, quiet)
+        bar = progress_bar(config.steps, self.start_step, label, quiet)
         window_loss, window_counts, window_steps = 0.0, Counts(), 0
         model.train()
         forward = model if compile_backend is None else compile_model(model, compile_backend)
@@ -240,9 +240,9 @@ def open_run(config: RunConfig, out_dir: str | Path | None = None, *, resume: bo
             remove_temporaries(directory)
         if holds_this_run and resume and (run_dir / CHECKPOINT_FILE).is_file():
             start, seconds_before = _load_checkpoint(run_dir, config, model, optimizer, generator)
-            _truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
+            truncate_log(run_dir / LOG_FILE, start, final=start == config.steps)
         else:
-            _remove_run_files(run_dir)
+            remove_run_files(run_dir)
         config.save(run_dir / CONFIG_FILE)
     return Run(config, run_dir, device, task, eval_task, model, optimizer, generator, start, seconds_before, None)
 
@@ -296,7 +296,7 @@ def evaluate_run(model: LanguageModel, config: RunConfig, device: str | torch.de
     """``evaluate`` on the test set ``config`` describes (its eval task unless ``task`` is given, its
     lengths, bins, samples, seed and batch size), with a progress bar unless ``quiet``."""
     task = make_eval_task(config) if task is None else task
-    bar = _progress_bar(None, 0, description or f"evaluating on {task.name}", quiet, unit="seq")
+    bar = progress_bar(None, 0, description or f"evaluating on {task.name}", quiet, unit="seq")
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -362,7 +362,7 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
-def _progress_bar(total: int | None, initial: int, label: str, quiet: bool, unit: str = "it"):
+def progress_bar(total: int | None, initial: int, label: str, quiet: bool, unit: str = "it"):
     """A tqdm bar on stderr, or None when quiet, when stderr is not a terminal, or without tqdm."""
     if quiet or not sys.stderr.isatty():
         return None
@@ -427,7 +427,7 @@ def _changed_fields(saved: dict, config: RunConfig) -> list[str]:
     return sorted(config_differences({**RunConfig().to_dict(), **saved}, config.to_dict()))
 
 
-def _remove_run_files(run_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+def remove_run_files(run_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
     """Delete what ``train`` writes into ``run_dir`` (``names``: ``RUN_FILES``; lrnn pretrain's own); other files stay."""
     for name in names:
         path = run_dir / name
@@ -486,7 +486,7 @@ def _check_same_run(saved: dict, config: RunConfig, source: Path) -> None:
 
 
 # ---- logs ----------------------------------------------------------------------------------------
-class _Log:
+class RunLog:
     """Appends JSON lines to a file (flushed per line, so a crash loses at most the line being written)."""
 
     def __init__(self, path: Path | None) -> None:
@@ -499,7 +499,7 @@ class _Log:
             f.write(json.dumps(record) + "\n")
 
 
-def _truncate_log(path: Path, step: int, final: bool = False) -> None:
+def truncate_log(path: Path, step: int, final: bool = False) -> None:
     """Drop the log lines written after the checkpoint of ``step`` that a resumed run starts from: those of
     later steps and, when ``step`` is the run's last (``final``), its closing evaluation lines at ``step``
     (written after that checkpoint, and written again by the resumed run)."""
