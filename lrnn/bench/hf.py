@@ -7,10 +7,12 @@ timestamped as it is produced (lrnn's ``on_token``, HF's streamer): prefill = ti
 decode tokens/s = (n - 1) / (t_n - t_1). Both run in one process with the same thread count.
 
 ``--compile`` adds a third system, "lrnn compiled": lrnn's ``generate`` with a ``torch.compile``d decode
-step (compiled during the warm-up, not timed; the prefill stays eager). The weight-read floor is measured
-too: one float32 matrix-vector product with every weight matrix a decode step uses (in_proj and out_proj
-of each layer, the LM head), i.e. the time to stream those weights from memory once, which bounds any
-float32 implementation's per-token time from below.
+step (compiled during the warm-up, not timed; the prefill stays eager). The memory floor is measured too:
+the bytes a decode step reads (every weight once and the cache twice, ``lrnn.models.decode_weight_bytes``)
+over the read bandwidth measured in the same run (``lrnn.timing.measure_read_bandwidth``), which bounds any
+float32 implementation's per-token time from below. (An earlier version timed ``F.linear`` over the
+weights instead and called that the floor: it is the matrix-vector product's time in one layout, not the
+memory's; ``lrnn bench decode --weights float32`` beats it.)
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from lrnn.models import LanguageModel, ModelConfig, SamplingConfig, generate
+from lrnn.models import LanguageModel, ModelConfig, SamplingConfig, decode_weight_bytes, generate
 from lrnn.models.interop import hf as hf_format
 from lrnn.models.interop.common import peer_state
 from lrnn.testing import relative_error
+from lrnn.timing import measure_read_bandwidth
 
 VOCAB = 50280  # GPT-NeoX's 50277 padded to a multiple of 8, as in HF's converted Mamba checkpoints
 
@@ -93,19 +96,11 @@ def compiled_step(model: LanguageModel):
     return lambda ids, cache: compiled(ids, cache=cache)
 
 
-def weight_floor_ms(model: LanguageModel, repeats: int = 10) -> tuple[float, float]:
-    """(median ms, MB read) of one matrix-vector product with every weight matrix of a decode step."""
-    weights = [w for layer in model.layers for w in (layer.mixer.in_proj.weight, layer.mixer.out_proj.weight)]
-    weights.append(model.head.weight)
-    inputs = [torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights]
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            for x, w in zip(inputs, weights):
-                torch.nn.functional.linear(x, w)
-            times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times[1:])[repeats // 2], sum(w.numel() * w.element_size() for w in weights) / 1e6
+def memory_floor_ms(model: LanguageModel, bandwidth_gb_per_s: float) -> tuple[float, float]:
+    """(ms, MB) of one decode step's reads -- every weight once, ``decode_weight_bytes`` -- at the given read
+    bandwidth: the time no float32 implementation can beat."""
+    megabytes = decode_weight_bytes(model) / 1e6
+    return megabytes / bandwidth_gb_per_s, megabytes
 
 
 def _run(system: str, model: LanguageModel, hf, ids: torch.Tensor, n: int,
@@ -152,9 +147,10 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         _run(system, model, hf, probe[:, :8], 8, step_fn)
         if system == "lrnn compiled":
             print(f"compiled the decode step in {time.perf_counter() - start:.0f} s (warm-up, not timed)", flush=True)
-    floor, megabytes = weight_floor_ms(model)
-    print(f"weight-read floor: one float32 matrix-vector pass over the decode step's weight matrices "
-          f"({megabytes:.0f} MB) = {floor:.1f} ms", flush=True)
+    bandwidth = measure_read_bandwidth(torch.device("cpu"))
+    floor, megabytes = memory_floor_ms(model, bandwidth.gb_per_s)
+    print(f"memory floor: the decode step's {megabytes:.0f} MB of weights at the read bandwidth measured now, "
+          f"{bandwidth.gb_per_s:.1f} GB/s ({bandwidth.kernel}) = {floor:.1f} ms", flush=True)
     rows = []
     for context in args.contexts:
         ids = torch.randint(0, VOCAB, (1, context), generator=torch.Generator().manual_seed(context))
@@ -184,10 +180,10 @@ def run_from_args(args: argparse.Namespace, command: str, parser: argparse.Argum
         print(f"| {row['prompt']} | {row['system']} | {row['prefill_s']:.2f} | {row['decode_tokens_per_s']:.1f} | "
               f"{row['end_to_end_tokens_per_s']:.1f} | {speedup:.2f}x |")
     hf_best = max(r["decode_tokens_per_s"] for r in rows if r["system"] == "hf transformers")
-    print(f"\nweight-read floor {floor:.1f} ms/token = {1e3 / floor:.1f} tok/s: at most "
+    print(f"\nmemory floor {floor:.1f} ms/token = {1e3 / floor:.1f} tok/s: at most "
           f"{1e3 / floor / hf_best:.2f}x HF's best decode speed here for float32 weights at this thread count")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"command": command, "logits_relative_error": err, "weight_floor_ms": floor, "rows": rows}
+        result = {"command": command, "logits_relative_error": err, "memory_floor_ms": floor, "read_bandwidth_gb_per_s": bandwidth.gb_per_s, "rows": rows}
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
