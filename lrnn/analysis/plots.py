@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lrnn.analysis.dynamics import LayerDynamics
 from lrnn.atomic import atomic_write_text, save_figure
+from lrnn.paths import check_not_replacing, check_writable_directory
 
 OUTPUT_NAMES = {"summary": "dynamics.json", "spectra": "spectra.png", "norms": "norms.png"}
 """The files ``write_dynamics`` writes into its directory."""
@@ -80,12 +81,8 @@ def plot_norms(results: list[LayerDynamics], path: str | Path) -> Path:
 def check_output_directory(directory: str | Path, overwrite: bool = False) -> Path:
     """``directory`` as a Path, after refusing one that is a file or already holds one of ``OUTPUT_NAMES``
     (unless ``overwrite``): checked before any work, so nothing is replaced by accident."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"the output directory {directory} is a file")
-    existing = [name for name in OUTPUT_NAMES.values() if (directory / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{directory} already holds {existing}: pass overwrite (--force) to replace them")
+    directory = check_writable_directory(directory, "the output directory")
+    check_not_replacing(directory, list(OUTPUT_NAMES.values()), overwrite, "pass overwrite (--force)")
     return directory
 
 

@@ -71,14 +71,10 @@ def _set_threads(threads: int) -> None:
 def _check_output_file(path: str | os.PathLike, flag: str) -> None:
     """Refuse, before any work, an output file that could not be written at the end: a path that names a
     directory or lies under a file."""
-    from pathlib import Path
+    from lrnn.paths import check_writable_file
 
-    target = Path(path)
-    if target.is_dir():
-        raise CommandError(f"{flag} must name a file, got the directory {path}")
-    ancestor = next((p for p in target.parents if p.exists()), None)  # the deepest existing one
-    if ancestor is not None and not ancestor.is_dir():
-        raise CommandError(f"{flag} {path} cannot be written: {ancestor} is a file, not a directory")
+    with user_input():
+        check_writable_file(path, flag)
 
 
 # ---- demo --------------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from lrnn.atomic import atomic_write_text, save_figure
+from lrnn.paths import check_writable_directory
 from lrnn.layers import label_order, mixer_spec
 from lrnn.training.config import config_differences
 from lrnn.training.pretrain import RESUMABLE_CHANGES, LOG_FILE, MODEL_DIR
-from lrnn.training.report import DASHED_STYLE, MARKERS, SOLID_STYLE, check_output_directory, collect_results
+from lrnn.training.report import DASHED_STYLE, MARKERS, SOLID_STYLE, collect_results
 from lrnn.training.trainer import read_log
 
 REPORT_FILE = "report.md"
@@ -357,7 +358,7 @@ def check_lm_report_destination(out_dir: str | Path, overwrite: bool = False) ->
     """Raise a ValueError unless an LM report may be written into ``out_dir``: a directory (or creatable),
     whose files of ``REPORT_FILES``' names, if any, an earlier LM report wrote (or ``overwrite``)."""
     out = Path(out_dir)
-    check_output_directory(out, "the report destination")
+    check_writable_directory(out, "the report destination")
     clashes = [name for name in REPORT_FILES if (out / name).exists()]
     if clashes and not overwrite and not _holds_lm_report(out):
         raise ValueError(f"{out} holds {', '.join(clashes)}, not written by an earlier LM report; write the report "

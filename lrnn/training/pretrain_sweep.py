@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from lrnn.atomic import is_temporary
+from lrnn.paths import check_writable_directory
 from lrnn.jsonconfig import JsonConfig
 from lrnn.layers import MIXERS, mixer_spec
 from lrnn.training.lm_report import (check_lm_report_destination, collect_lm_runs, lm_rows, placed_run,
                                      write_lm_report)
 from lrnn.training.pretrain import (CHECKPOINT_DIR, CONFIG_FILE, LATEST_FILE, RESULT_FILE, PretrainConfig,
                                     _changed_fields)
-from lrnn.training.report import check_output_directory
 from lrnn.training.sweep import RANGES, fold_outcomes, init_worker, parse_model, say
 
 GRID_FIELDS = ("mixer", "negative_eigenvalues", "seed")
@@ -239,7 +239,7 @@ def plan_pretrain_sweep(spec: PretrainSweepSpec, out_dir: str | Path, report: bo
         raise ValueError("run the pretrain sweep as one plain process, not under torchrun: each of its runs trains "
                          "in one worker process (use `torchrun ... -m lrnn pretrain` for one run on many)")
     out = Path(out_dir)
-    check_output_directory(out / "runs", "the sweep's run directory")
+    check_writable_directory(out / "runs", "the sweep's run directory")
     runs = spec.runs()
     names = [name for name, _ in runs]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -292,7 +292,7 @@ def run_state(run_dir: Path, config: PretrainConfig) -> tuple[str, str | None]:
     """("finished" | "resumed" | "new", None) for a directory ``lrnn pretrain`` may continue as ``config``'s
     run, or ("refused", what it holds instead): files without a config.json, or a config.json that differs
     from ``config`` outside the fields a resumed run may change."""
-    check_output_directory(run_dir, "the run directory")
+    check_writable_directory(run_dir, "the run directory")
     contents = sorted(p.name for p in run_dir.iterdir() if not is_temporary(p)) if run_dir.is_dir() else []
     if not contents:
         return "new", None

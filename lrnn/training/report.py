@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrnn.atomic import atomic_write_text, save_figure
+from lrnn.paths import check_writable_directory
 from lrnn.layers import label_order
 from lrnn.training.config import RESULT_NEUTRAL_FIELDS, config_differences
 
@@ -282,22 +283,11 @@ def check_report_destination(out_dir: str | Path, tasks: list[str], overwrite: b
     or with ``overwrite``; other files in ``out_dir`` are never touched.
     """
     out = Path(out_dir)
-    check_output_directory(out, "the report destination")
+    check_writable_directory(out, "the report destination")
     clashes = [name for name in report_files(tasks) if (out / name).exists()]
     if clashes and not overwrite and not _holds_report(out):
         raise ValueError(f"{out} holds {', '.join(clashes)}, not written by an earlier report; write the report "
                          "elsewhere or overwrite them (lrnn report --force)")
-
-
-def check_output_directory(path: str | Path, what: str) -> None:
-    """Raise a ValueError naming ``what`` unless ``path`` is a directory or can be created as one (it and
-    its deepest existing ancestor are not files)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} is an existing file, not a directory")
-    ancestor = next((p for p in path.parents if p.exists()), None)
-    if ancestor is not None and not ancestor.is_dir():
-        raise ValueError(f"{what} {path} cannot be created: {ancestor} is a file, not a directory")
 
 
 def _holds_report(out: Path) -> bool:

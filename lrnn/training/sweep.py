@@ -24,11 +24,12 @@ from typing import Any
 import torch
 
 from lrnn.atomic import atomic_write_text
+from lrnn.paths import check_writable_directory
 from lrnn.layers import GENERIC_FIELDS, MIXERS, MixerSpec, mixer_spec
 from lrnn.jsonconfig import JsonConfig
 from lrnn.tasks import TASKS
 from lrnn.training.config import PROTOCOLS, RESULT_NEUTRAL_FIELDS, RunConfig, config_differences
-from lrnn.training.report import (check_output_directory, check_report_destination, collect_results, mixed_cells,
+from lrnn.training.report import (check_report_destination, collect_results, mixed_cells,
                                   write_report)
 from lrnn.training.trainer import CHECKPOINT_FILE, CONFIG_FILE, RESULT_FILE
 
@@ -204,7 +205,7 @@ def plan_sweep(spec: SweepSpec, out_dir: str | Path, overrides: dict[str, Any] |
     if overrides is not None and not isinstance(overrides, dict):
         raise TypeError(f"overrides must be a dict of RunConfig fields or None, got {overrides!r}")
     out = Path(out_dir)
-    check_output_directory(out / "runs", "the sweep's run directory")
+    check_writable_directory(out / "runs", "the sweep's run directory")
     overrides = dict(overrides or {})
     runs = _with_overrides(spec.runs(), overrides)
     _check_unique_names(runs)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from lrnn.models import LanguageModel
 from lrnn.atomic import atomic_write, atomic_write_text, is_temporary, remove_temporaries
 from lrnn.device import resolve_device
+from lrnn.paths import check_writable_directory
 from lrnn.tasks import IGNORE_INDEX, Task, make_task
 from lrnn.training.config import RunConfig, config_differences
 from lrnn.training.evaluation import Counts, count_correct, evaluate
@@ -387,11 +388,7 @@ def check_run_directory(run_dir: Path, force: bool, difference: Callable[[list[s
     names in it); False if it is missing or empty (temporary files aside), or holds something else and
     ``force`` is set; else a ValueError says what ``difference`` found. A ``run_dir`` that is, or lies
     under, a file is refused before any work. Shared by training and pretraining runs."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"the run directory {run_dir} is an existing file; give a directory")
-    blocker = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ValueError(f"cannot create the run directory {run_dir}: {blocker} is a file")
+    check_writable_directory(run_dir, "the run directory")
     if not run_dir.exists():
         return False
     contents = sorted(p.name for p in run_dir.iterdir() if not is_temporary(p))

@@ -97,5 +97,5 @@ def test_refusals(tmp_path, tokenizer_files):
     with pytest.raises(ValueError, match="not a Mamba run"):
         lm_rows(tmp_path / "lm", max_steps=20)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(ValueError, match="is an existing file"):
         write_report(None, tmp_path / "lm", tmp_path / "file", "c")
