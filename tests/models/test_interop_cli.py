@@ -235,3 +235,15 @@ def test_cli_convert_round_trip(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert", str(tmp_path / "bad"), str(tmp_path / "out"), "--to", "hf"])
     assert "d_ssm" in capsys.readouterr().err
+
+
+def test_cli_generate_points_a_run_directory_to_its_model(model_dir, tmp_path, capsys):
+    """A run directory (config.json of the run, the model in model/) used to fail with 'unknown config keys'."""
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if (model_dir / name).exists():
+            (run / "model" / name).write_bytes((model_dir / name).read_bytes())
+    (run / "config.json").write_text('{"task": "parity", "steps": 10}')
+    line = one_line_error(["generate", "--model", str(run), "--prompt", "x"], capsys)
+    assert f"its model is {run / 'model'}" in line

@@ -20,7 +20,7 @@ import torch
 
 from lrnn.models.interop import fla, hf, mamba_ssm
 from lrnn.models.interop.common import load_peer_state, read_weights, skip_tied_head
-from lrnn.models.io import CONFIG_NAME, cast_tensors_, read_json
+from lrnn.models.io import CONFIG_NAME, WEIGHTS_NAME, cast_tensors_, read_json
 from lrnn.models.lm import LanguageModel, check_float_dtype
 
 FORMATS = ("lrnn", "mamba_ssm", "hf", "fla")
@@ -50,7 +50,15 @@ def _model_directory(directory: str | Path) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
+    _refuse_run_directory(directory)
     return directory
+
+
+def _refuse_run_directory(directory: Path) -> None:
+    """A run directory of ``lrnn train`` / ``lrnn pretrain`` given where a model directory is expected gets an
+    error that says where its model is, not a list of unknown config keys."""
+    if (directory / "model" / CONFIG_NAME).is_file() and not (directory / WEIGHTS_NAME).exists():
+        raise ValueError(f"{directory} is a run directory (lrnn train / pretrain); its model is {directory / 'model'}")
 
 
 def detect_format(directory: str | Path) -> str:
