@@ -13,12 +13,11 @@ default) and writes the report (``lrnn.training.lm_report``) into ``<out>``.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from lrnn.training.lm_report import (check_lm_report_destination, collect_lm_run
                                      write_lm_report)
 from lrnn.training.pretrain import (CHECKPOINT_DIR, CONFIG_FILE, LATEST_FILE, RESULT_FILE, PretrainConfig,
                                     _changed_fields)
-from lrnn.training.sweep import RANGES, fold_outcomes, init_worker, parse_model, say
+from lrnn.training.sweep import RANGES, fold_outcomes, map_in_workers, parse_model, say
 
 GRID_FIELDS = ("mixer", "negative_eigenvalues", "seed")
 """PretrainConfig fields the grid sets (models / variants, ranges, seeds): base and overrides may not."""
@@ -390,21 +389,5 @@ def _run_one(job: tuple[str, dict, str | None]) -> tuple[str, float | None, str 
         return name, None, traceback.format_exc()
 
 
-def map_in_workers(function: Callable[[Any], Any], jobs: list, workers: int, threads: int) -> Iterator[Any]:
-    """``function(job)`` of every job, as each finishes: in ``min(workers, len(jobs))`` spawned processes
-    (no forked torch state) of ``threads`` torch threads each, or, when that is one, in this process with
-    ``threads`` threads (the caller's setting restored after)."""
-    if min(workers, len(jobs)) <= 1:
-        previous = torch.get_num_threads()
-        init_worker(threads)
-        try:
-            yield from map(function, jobs)
-        finally:
-            torch.set_num_threads(previous)
-        return
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), init_worker, (threads,)) as pool:
-        yield from pool.imap_unordered(function, jobs)
-
-
-__all__ = ["PretrainSweepPlan", "PretrainSweepSpec", "map_in_workers", "model_parameters", "plan_pretrain_sweep",
+__all__ = ["PretrainSweepPlan", "PretrainSweepSpec", "model_parameters", "plan_pretrain_sweep",
            "prepare_corpora", "prepare_corpus", "run_name", "run_pretrain_plan", "run_pretrain_sweep", "run_state"]

@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -251,22 +252,12 @@ def run_plan(plan: SweepPlan, workers: int = 1, threads: int = 1, quiet: bool = 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_RECORD, json.dumps({"spec": dataclasses.asdict(plan.spec),
                                                       "overrides": plan.overrides}, indent=2) + "\n")
-    todo = [(str(out / "runs" / name), config.to_dict(), threads) for name, config in plan.todo]
+    todo = [(str(out / "runs" / name), config.to_dict()) for name, config in plan.todo]
     summary = {"runs": len(plan.runs), "skipped": len(plan.finished), "resumed": list(plan.resumed),
                "done": [], "failed": {}}
     say(quiet, f"{plan.describe()}; {len(todo)} to run on {workers} worker(s) x {threads} thread(s)")
     started = time.perf_counter()
-    if workers == 1 or len(todo) <= 1:
-        previous = torch.get_num_threads()
-        init_worker(threads)
-        try:
-            fold_outcomes(map(_run_one, todo), summary, len(todo), started, quiet)
-        finally:  # the caller's own thread setting
-            torch.set_num_threads(previous)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(todo)), initializer=init_worker, initargs=(threads,)) as pool:
-            fold_outcomes(pool.imap_unordered(_run_one, todo), summary, len(todo), started, quiet)
+    fold_outcomes(map_in_workers(_run_one, todo, workers, threads), summary, len(todo), started, quiet)
     if plan.report and (summary["done"] or summary["skipped"]):
         summary["report"] = {k: str(v) for k, v in write_report(out / "runs", out).items()}
     return summary
@@ -381,11 +372,28 @@ def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(job: tuple[str, dict, int]) -> tuple[str, float | None, str | None]:
-    """Train one run (in a worker); returns (name, score, None) or (name, None, error text)."""
+def map_in_workers(function: Callable[[Any], Any], jobs: list, workers: int, threads: int) -> Iterator[Any]:
+    """``function(job)`` of every job, as each finishes: in ``min(workers, len(jobs))`` spawned processes
+    (no forked torch state) of ``threads`` torch threads each, or, when that is one, in this process with
+    ``threads`` threads (the caller's setting restored after)."""
+    if min(workers, len(jobs)) <= 1:
+        previous = torch.get_num_threads()
+        init_worker(threads)
+        try:
+            yield from map(function, jobs)
+        finally:
+            torch.set_num_threads(previous)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), init_worker, (threads,)) as pool:
+        yield from pool.imap_unordered(function, jobs)
+
+
+def _run_one(job: tuple[str, dict]) -> tuple[str, float | None, str | None]:
+    """Train one run (in a worker, whose thread count ``init_worker`` set); returns (name, score, None) or
+    (name, None, error text)."""
     from lrnn.training.trainer import train
 
-    run_dir, config, _ = job
+    run_dir, config = job
     name = Path(run_dir).name
     try:
         outcome = train(RunConfig.from_dict(config), run_dir, resume=True, quiet=True)
