@@ -11,6 +11,8 @@ projection, laid out ``[n_h, heads, dim]`` along the feature axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,15 +96,51 @@ class DeltaNet(nn.Module):
         ``a = 0`` there (without the forget gate, a gate that is 1 elsewhere), applied before the first
         Householder step -- and the short convs do not reach across a start.
         """
-        b, t, _ = hidden.shape
-        h, n_h = self.num_heads, self.num_householder
         seq_starts = document_starts(seq_starts, hidden, mask)
         mode = scan_mode(hidden, state, mode)
+        q, k, v, beta, log_a = self._features(
+            hidden, mask, lambda conv, x, key: run_short_conv(conv, x, state, key, mode, seq_starts))
+        if seq_starts is not None:
+            no_gate = torch.zeros(beta.shape[0], hidden.shape[1], self.num_heads, dtype=beta.dtype,
+                                  device=beta.device)  # log a = 0: a = 1
+            log_a, _ = reset_at_starts(seq_starts, no_gate if log_a is None else log_a)
+        n_h = self.num_householder
+        if mode == "step":  # shapes, betas and gates are right by construction: skip the per-token checks
+            o, state["ssm"] = delta_step(q, k, v, beta, log_a, num_householder=n_h, initial_state=state["ssm"],
+                                         validate=False)
+        else:
+            o, ssm = delta_rule(q, k, v, beta, log_a, num_householder=n_h,
+                                initial_state=None if state is None else state.get("ssm"),
+                                output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
+            if state is not None:
+                state["ssm"] = ssm
+        return self._output(o, hidden)
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
+        root-to-node path had followed the cached state (read, not changed). The short convs and the delta
+        rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
+        ``tree_delta_rule``'s unit-triangular tree system)."""
+        q, k, v, beta, log_a = self._features(hidden, None,
+                                              lambda conv, x, key: conv.forward_tree(x, state, tree, key))
+        o, _ = tree_delta_rule(q, k, v, beta, log_a, parents=tree, num_householder=self.num_householder,
+                               initial_state=None if state is None else state.get("ssm"))
+        return self._output(o, hidden)
+
+    def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None,
+                  short_conv: Callable[[ShortConv, torch.Tensor, str], torch.Tensor]):
+        """The delta rule's inputs from hidden [B, T, d_model], shared by the sequence and tree paths (which
+        differ in how ``short_conv(conv, x, cache_key)`` runs): q [B, T, H, K] and k [B, T * n_h, H, K]
+        (L2-normalised; the n_h keys of a token consecutive), v [B, T * n_h, H, V], beta [B, T * n_h, H] in
+        (0, 1) or (0, 2) for [-1, 1], log_a [B, T, H] (None without the forget gate). Padding (``mask``
+        False) gets beta = 0 (an identity step) and log a = 0."""
+        b, t, _ = hidden.shape
+        h, n_h = self.num_heads, self.num_householder
         q, k, v = (masked(proj(hidden), mask) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.use_short_conv:
-            q = run_short_conv(self.q_conv1d, q, state, "conv_q", mode, seq_starts)
-            k = run_short_conv(self.k_conv1d, k, state, "conv_k", mode, seq_starts)
-            v = run_short_conv(self.v_conv1d, v, state, "conv_v", mode, seq_starts)
+            q = short_conv(self.q_conv1d, q, "conv_q")
+            k = short_conv(self.k_conv1d, k, "conv_k")
+            v = short_conv(self.v_conv1d, v, "conv_v")
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = F.normalize(q.reshape(b, t, h, self.head_dim), dim=-1)
@@ -116,54 +154,16 @@ class DeltaNet(nn.Module):
         if self.use_forget_gate:
             log_a = -torch.exp(wide(self.A_log)) * F.softplus(wide(self.a_proj(hidden)) + wide(self.dt_bias))
             log_a = masked(log_a, mask)
-        if seq_starts is not None:
-            no_gate = torch.zeros(b, t, h, dtype=beta.dtype, device=beta.device)  # log a = 0: a = 1
-            log_a, _ = reset_at_starts(seq_starts, no_gate if log_a is None else log_a)
-        if mode == "step":  # shapes, betas and gates are right by construction: skip the per-token checks
-            o, state["ssm"] = delta_step(q, k, v, beta, log_a, num_householder=n_h, initial_state=state["ssm"],
-                                         validate=False)
-        else:
-            o, ssm = delta_rule(q, k, v, beta, log_a, num_householder=n_h,
-                                initial_state=None if state is None else state.get("ssm"),
-                                output_final_state=state is not None, mode=mode, chunk_size=self.chunk_size)
-            if state is not None:
-                state["ssm"] = ssm
+        return q, k, v, beta, log_a
+
+    def _output(self, o: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, V] -> [B, T, d_model]: the (gated) output norm and o_proj."""
+        b, t, h = *hidden.shape[:2], self.num_heads
         if self.use_output_gate:
             o = self.o_norm(o, self.g_proj(hidden).reshape(b, t, h, self.value_dim))
         else:
             o = self.o_norm(o)
         return self.o_proj(o.reshape(b, t, h * self.value_dim))
-
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
-        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
-        root-to-node path had followed the cached state (read, not changed). The short convs and the delta
-        rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
-        ``tree_delta_rule``'s unit-triangular tree system)."""
-        b, n, _ = hidden.shape
-        h, n_h = self.num_heads, self.num_householder
-        q, k, v = (proj(hidden) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if self.use_short_conv:
-            q = self.q_conv1d.forward_tree(q, state, tree, "conv_q")
-            k = self.k_conv1d.forward_tree(k, state, tree, "conv_k")
-            v = self.v_conv1d.forward_tree(v, state, tree, "conv_v")
-        else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = F.normalize(q.reshape(b, n, h, self.head_dim), dim=-1)
-        k = F.normalize(k.reshape(b, n * n_h, h, self.head_dim), dim=-1)
-        v = v.reshape(b, n * n_h, h, self.value_dim)
-        beta = torch.sigmoid(wide(self.b_proj(hidden)))
-        if self.negative_eigenvalues:
-            beta = 2.0 * beta
-        log_a = None
-        if self.use_forget_gate:
-            log_a = -torch.exp(wide(self.A_log)) * F.softplus(wide(self.a_proj(hidden)) + wide(self.dt_bias))
-        o, _ = tree_delta_rule(q, k, v, beta.reshape(b, n * n_h, h), log_a, parents=tree, num_householder=n_h,
-                               initial_state=None if state is None else state.get("ssm"))
-        if self.use_output_gate:
-            o = self.o_norm(o, self.g_proj(hidden).reshape(b, n, h, self.value_dim))
-        else:
-            o = self.o_norm(o)
-        return self.o_proj(o.reshape(b, n, h * self.value_dim))
 
 
 class GatedDeltaNet(DeltaNet):

@@ -8,6 +8,8 @@ chunked scan stays exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 
 import torch
@@ -120,12 +122,33 @@ class Mamba2(nn.Module):
         [B, T] (bool, packed documents): the decay is 0 at each document's first token and the short conv
         does not reach across a start.
         """
-        b, t, _ = hidden.shape
-        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         seq_starts = document_starts(seq_starts, hidden, mask)
         mode = scan_mode(hidden, state, mode)
+        z, x, bmat, cmat, dt, log_a, negative = self._features(
+            hidden, mask, seq_starts, lambda xbc: run_short_conv(self.conv1d, xbc, state, "conv", mode, seq_starts))
+        y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
+        return self._output(y, x, z)
+
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
+        root-to-node path had followed the cached state (read, not changed). The short conv and the SSD
+        scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``)."""
+        z, x, bmat, cmat, dt, log_a, negative = self._features(
+            hidden, None, None, lambda xbc: self.conv1d.forward_tree(xbc, state, tree))
+        y, _ = tree_decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, parents=tree,
+                                     scale=1.0, initial_state=None if state is None else state.get("ssm"))
+        return self._output(y, x, z)
+
+    def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
+                  short_conv: Callable[[torch.Tensor], torch.Tensor]):
+        """The SSD scan's inputs from hidden [B, T, d_model], shared by the sequence and tree paths (which
+        differ in how ``short_conv(xbc)`` runs): z [B, T, d_inner], x [B, T, H, P], B and C [B, T, H, N] (the
+        heads of a group share its B and C: with one group a stride-0 view, not an [B, T, H, N] copy), dt
+        [B, T, H], and the signed log decay (``_signed_log_decay``; 0 on padding and at ``seq_starts``)."""
+        b, t, _ = hidden.shape
+        h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
-        xbc = run_short_conv(self.conv1d, masked(xbc, mask), state, "conv", mode, seq_starts)
+        xbc = short_conv(masked(xbc, mask))
         x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
         if self.dt_limit != (0.0, float("inf")):
@@ -133,36 +156,15 @@ class Mamba2(nn.Module):
         dt = masked(dt, mask)  # dt = 0 on padding: decay 1, no input
         log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues,
                                             seq_starts)
-        x = x.reshape(b, t, h, p)
-        # Heads share their group's B and C: with one group this is a stride-0 view, not an [B, T, H, N] copy.
         bmat = bmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
         cmat = cmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
-        y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
-        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
-        y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
-        y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
-        return self.out_proj(y)
+        return z, x.reshape(b, t, h, p), bmat, cmat, dt, log_a, negative
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
-        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
-        root-to-node path had followed the cached state (read, not changed). The short conv and the SSD
-        scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``)."""
-        b, n, _ = hidden.shape
-        h, p, g, d_state = self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * d_state, h], dim=-1)
-        xbc = self.conv1d.forward_tree(xbc, state, tree)
-        x, bmat, cmat = torch.split(xbc, [self.d_inner, g * d_state, g * d_state], dim=-1)
-        dt = F.softplus(dt + self.dt_bias)
-        if self.dt_limit != (0.0, float("inf")):
-            dt = dt.clamp(*self.dt_limit)
-        log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues)
-        x = x.reshape(b, n, h, p)
-        bmat = bmat.reshape(b, n, g, 1, d_state).expand(b, n, g, h // g, d_state).reshape(b, n, h, d_state)
-        cmat = cmat.reshape(b, n, g, 1, d_state).expand(b, n, g, h // g, d_state).reshape(b, n, h, d_state)
-        y, _ = tree_decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, parents=tree,
-                                     scale=1.0, initial_state=None if state is None else state.get("ssm"))
-        d = self.D.reshape(h, p) if self.D_has_hdim else self.D.unsqueeze(-1)
-        y = (y + x * d.to(x.dtype)).reshape(b, n, self.d_inner)
+    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The scan's y [B, T, H, P] + D x, the gated norm and out_proj -> [B, T, d_model]."""
+        b, t = z.shape[:2]
+        d = self.D.reshape(self.nheads, self.headdim) if self.D_has_hdim else self.D.unsqueeze(-1)
+        y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 
@@ -230,7 +232,6 @@ class Mamba(nn.Module):
         and the short conv does not reach across a start. ``selective_scan`` has no reset: the
         step-by-step mode then runs ``decay_recurrence``'s loop (exact, but it keeps every step's state).
         """
-        b, t, _ = hidden.shape
         if self.reorder is not None and (state is not None or mask is not None or seq_starts is not None):
             raise ValueError("a Mamba layer with reorder_tau is not causal: it takes whole sequences only "
                              f"(state, mask and seq_starts must be None, got state={state is not None}, "
@@ -248,16 +249,11 @@ class Mamba(nn.Module):
         if self.reorder is not None:  # the scan sees P x: the most important tokens last
             order = self.reorder.permutation(self.dt_proj(self.x_proj(x)[..., :self.dt_rank]))  # [B, T, T]
             x = order @ x
-        dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = masked(F.softplus(self.dt_proj(dt)), mask)  # [B, T, d_inner]
+        dt, bmat, cmat = self._selection(x, mask)
         if mode == "recurrent" and seq_starts is None:  # one autograd function: no [B, T, d_inner, N] tensor kept
             y = _selective_scan(dt * x, dt, -torch.exp(self.A_log), bmat, cmat, self.negative_eigenvalues, state)
         else:
-            log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, T, d_inner, N]
-            log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues, seq_starts)
-            heads = (b, t, self.d_inner, self.d_state)
-            y = _scan(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads), (dt * x).unsqueeze(-1),
-                      log_a, negative, state, mode, self.chunk_size).squeeze(-1)
+            y = _scan(*self._as_recurrence(x, dt, bmat, cmat, seq_starts), state, mode, self.chunk_size).squeeze(-1)
         y = y + x * self.D.to(x.dtype)
         if self.reorder is not None:  # back to the original positions (approximately; exactly as tau -> 0)
             y = order.transpose(-1, -2) @ y
@@ -272,19 +268,28 @@ class Mamba(nn.Module):
         if self.reorder is not None:
             raise ValueError("a Mamba layer with reorder_tau is not causal (it permutes the sequence): it has no "
                              "tree path (build it with reorder_tau=None)")
-        b, n, _ = hidden.shape
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = self.conv1d.forward_tree(x, state, tree)
-        dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))
-        log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)  # [B, N, d_inner, d_state]
-        log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues)
-        heads = (b, n, self.d_inner, self.d_state)
-        y, _ = tree_decay_recurrence(cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads),
-                                     (dt * x).unsqueeze(-1), log_a, negative, parents=tree, scale=1.0,
+        dt, bmat, cmat = self._selection(x, None)
+        y, _ = tree_decay_recurrence(*self._as_recurrence(x, dt, bmat, cmat, None), parents=tree, scale=1.0,
                                      initial_state=None if state is None else state.get("ssm"), mode="recurrent")
         y = (y.squeeze(-1) + x * self.D.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)
+
+    def _selection(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The input-dependent step and projections of x [B, T, d_inner] (after the conv): dt [B, T, d_inner]
+        (0 on padding), B and C [B, T, N]."""
+        dt, bmat, cmat = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return masked(F.softplus(self.dt_proj(dt)), mask), bmat, cmat
+
+    def _as_recurrence(self, x, dt, bmat, cmat, seq_starts) -> tuple[torch.Tensor, ...]:
+        """The selective scan as ``decay_recurrence`` inputs with one head per channel: q = C and k = B
+        broadcast to [B, T, d_inner, N] (views), v = dt x [B, T, d_inner, 1], and the signed log decay
+        ``dt A`` [B, T, d_inner, N] with its signs (``_signed_log_decay``; 0 at ``seq_starts``)."""
+        heads = (*x.shape[:2], self.d_inner, self.d_state)
+        log_a = dt.unsqueeze(-1).to(self.A_log.dtype) * -torch.exp(self.A_log)
+        log_a, negative = _signed_log_decay(log_a, self.negative_eigenvalues, seq_starts)
+        return cmat.unsqueeze(2).expand(heads), bmat.unsqueeze(2).expand(heads), (dt * x).unsqueeze(-1), log_a, negative
 
 
 def _mamba2_headdim(heads: int, d_model: int, mixer_kwargs) -> dict:
