@@ -913,7 +913,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 def _add_bench(sub) -> None:
     from lrnn.bench import add_subcommands
 
-    bench = sub.add_parser("bench", help="benchmarks and device checks: ops, decode, hf, check, tasks",
+    bench = sub.add_parser("bench", help="benchmarks and device checks: ops, decode, hf, check, tasks, train, speculative",
                            description="Benchmarks of lrnn (speed, memory) and the fast-path-vs-reference checks "
                                        "on a device. `python -m lrnn.bench ...` is an alias of `lrnn bench ...`.")
     add_subcommands(bench)
