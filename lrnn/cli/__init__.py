@@ -423,6 +423,12 @@ def _set_fields(items: list[str]) -> dict:
 PUBLISHED_NAMES = ("table3",)  # lrnn.training.report.PUBLISHED (not imported: keeps --help fast)
 
 
+def _print_report(written: dict) -> None:
+    """Show a report command's report.md, then every file it wrote."""
+    print(written["report"].read_text(), end="")
+    print(f"written: {', '.join(str(p) for p in written.values())}")
+
+
 def _add_report(sub) -> None:
     report = sub.add_parser(
         "report", help="results directory -> markdown table (like Table 3 of arXiv 2411.12537) and "
@@ -450,8 +456,7 @@ def _run_report(args: argparse.Namespace) -> int:
         report = prepare_report(args.results_dir, args.out, title=args.title, published=args.published,
                                 overwrite=args.force)
     written = report.write()
-    print(written["report"].read_text(), end="")
-    print(f"written: {', '.join(str(p) for p in written.values())}")
+    _print_report(written)
     return 0
 
 
@@ -808,8 +813,7 @@ def _run_pretrain_report(args: argparse.Namespace) -> int:
     with user_input():
         report = prepare_lm_report(args.runs_dir, args.out, command=args.command_line, overwrite=args.force)
     written = report.write()
-    print(written["report"].read_text(), end="")
-    print(f"written: {', '.join(str(p) for p in written.values())}")
+    _print_report(written)
     return 0
 
 
@@ -952,8 +956,7 @@ def _run_experiment_report(args: argparse.Namespace) -> int:
     with user_input():
         written = write_experiment_report(args.lm_runs, args.classification_runs, args.out, command,
                                           overwrite=args.force)
-    print(written["report"].read_text(), end="")
-    print(f"written: {', '.join(str(p) for p in written.values())}")
+    _print_report(written)
     return 0
 
 
