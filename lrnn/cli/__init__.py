@@ -341,7 +341,7 @@ def _add_sweep(sub) -> None:
     sweep = sub.add_parser(
         "sweep", help="run a grid of tasks x models x ranges x learning rates x seeds in parallel",
         description="Run a grid in worker processes under OUT/runs/<name>, then write OUT/report.md, "
-                    "OUT/summary.json and one PNG per task. The grid comes from --spec, or from --tasks and "
+                    "OUT/summary.json and two PNGs per task (lrnn report's). The grid comes from --spec, or from --tasks and "
                     "--models (both required without --spec); it is printed before anything runs. Grid flags "
                     "replace the spec's lists, and --set wins over every field of the spec (base, "
                     "task_overrides, model_overrides, protocol). A finished run is reused and an interrupted "
@@ -432,9 +432,10 @@ def _print_report(written: dict) -> None:
 def _add_report(sub) -> None:
     report = sub.add_parser(
         "report", help="results directory -> markdown table (like Table 3 of arXiv 2411.12537) and "
-                       "accuracy-vs-length PNGs",
-        description="Collect every finished result.json under RESULTS_DIR and write report.md, summary.json and "
-                    "one <task>.png per task into --out; nothing else there is touched. Runs of one cell "
+                       "accuracy-vs-length and training-curve PNGs",
+        description="Collect every finished result.json under RESULTS_DIR and write report.md, summary.json, "
+                    "one <task>.png (score vs length) and one <task>_training.png (training accuracy and test "
+                    "score vs step, from the runs' log.jsonl) per task into --out; nothing else there is touched. Runs of one cell "
                     "(task, model, range) may differ only in lr, seed and logging / checkpoint cadence: "
                     "cells that mix configs are refused.")
     report.add_argument("results_dir", help="directory searched recursively for result.json files")

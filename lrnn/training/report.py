@@ -248,6 +248,67 @@ SOLID_STYLE = dict(linestyle="-", linewidth=1.8, markersize=5)
 DASHED_STYLE = dict(linestyle=(0, (5, 3)), linewidth=1.2, markersize=5, markerfacecolor="white")
 
 
+def training_curves(result: dict) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """A finished run's curves from its ``log.jsonl`` (beside its result.json): ([(step, training accuracy)]
+    of the "train" lines, [(step, score)] of the "eval" lines, the last one the final evaluation); two
+    empty lists when the run has no log."""
+    path = Path(result["path"]) / "log.jsonl"
+    if not path.is_file():
+        return [], []
+    train, evals = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}, is not valid JSON: {err}") from None
+        if record.get("kind") == "train":
+            train.append((record["step"], record["accuracy"]))
+        elif record.get("kind") == "eval":
+            evals.append((record["step"], record["score"]))
+    return train, evals
+
+
+def plot_training(results: list[dict], task: str, path: str | Path) -> Path | None:
+    """Write a PNG of every ``task`` run's training curves (``training_curves``): training accuracy vs step
+    (left) and the test score vs step (right), one line per run, styled per model and range as in
+    ``plot_curves`` (seeds of a cell share the look). Returns None, writing nothing, when no run of the
+    task has a log. The file is written to a temporary name, then renamed."""
+    runs = [(r, *training_curves(r)) for r in results if r["task"] == task]
+    runs = [(r, train, evals) for r, train, evals in runs if train or evals]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+    models: dict[str, int] = {}
+    labelled: set[str] = set()
+    runs.sort(key=lambda run: (_model_key(run[0]["model"]), _order(RANGE_ORDER, run[0]["range"]), run[0]["seed"]))
+    for result, train, evals in runs:
+        index = models.setdefault(result["model"], len(models))
+        label = result["model"] if result["range"] == "-" else f"{result['model']} {result['range']}"
+        style = dict(DASHED_STYLE if result["range"] == "[0, 1]" else SOLID_STYLE, color=f"C{index % 10}",
+                     label=None if label in labelled else label)
+        labelled.add(label)
+        if train:
+            left.plot(*zip(*train), **{**style, "markersize": 0})
+        if evals:
+            right.plot(*zip(*evals), marker=MARKERS[index % len(MARKERS)], markeredgecolor=style["color"], **style)
+    config = runs[0][0]["config"]
+    left.set(xlabel="step", ylabel="training accuracy", ylim=(-0.02, 1.02),
+             title=f"{task}: training accuracy, lengths {config['train_min']}-{config['train_max']}")
+    right.set(xlabel="step", ylabel="score", ylim=(-0.25, 1.05),
+              title=f"{task}: test score, lengths {config.get('eval_min', '?')}-{config.get('eval_max', '?')}")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return save_figure(fig, path)
+
+
 def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metric: str) -> Path:
     """Write a PNG bar chart of one score per ``(label, score)`` (tasks with a single test length bin).
 
@@ -271,8 +332,14 @@ def plot_bars(bars: list[tuple[str, float]], path: str | Path, title: str, metri
 
 
 def report_files(tasks: list[str]) -> list[str]:
-    """The names of the files a report on ``tasks`` writes: report.md, summary.json, one PNG per task."""
-    return [REPORT_FILE, SUMMARY_FILE] + [f"{task}.png" for task in tasks]
+    """The names of the files a report on ``tasks`` may write: report.md, summary.json, per task a PNG of
+    score vs length and one of the training curves (``training_png``)."""
+    return [REPORT_FILE, SUMMARY_FILE] + [name for task in tasks for name in (f"{task}.png", training_png(task))]
+
+
+def training_png(task: str) -> str:
+    """The file name of a task's training-curve plot (``plot_training``)."""
+    return f"{task}_training.png"
 
 
 def check_report_destination(out_dir: str | Path, tasks: list[str], overwrite: bool = False) -> None:
@@ -322,6 +389,7 @@ class Report:
         """Write ``report.md``, ``summary.json`` and one ``<task>.png`` per task into ``out``; returns the
         written paths by name ("report", "summary", and each task name)."""
         written = {task: plot_lengths(self.cells, task, self.out / f"{task}.png") for task in self.tasks}
+        curves = {task: plot_training(self.results, task, self.out / training_png(task)) for task in self.tasks}
         text = [f"# {self.title}", "",
                 f"{len(self.results)} finished runs under `{self.results_dir}`. Entry: **best** score over learning "
                 "rates and seeds (median ± MAD over the seeds of the best learning rate, n = runs in the cell). "
@@ -329,7 +397,13 @@ class Report:
                 "tasks with a target at every token).", "", markdown_table(self.cells)]
         if self.comparison is not None:
             text += [f"Beside the published numbers: {PUBLISHED[self.published]['source']}.", "", self.comparison]
-        text += [f"![{task}]({written[task].name})" for task in self.tasks]
+        for task in self.tasks:
+            text += [f"![{task}]({written[task].name})", ""]
+            if curves[task] is not None:
+                written[training_png(task)] = curves[task]
+                text += [f"Training curves of every {task} run (training accuracy on the train lengths, and the "
+                         "test score at each evaluation during training):", "",
+                         f"![{task} training]({curves[task].name})", ""]
         written["report"] = self.out / REPORT_FILE
         atomic_write_text(written["report"], "\n".join(text) + "\n")
         summary = [{k: v for k, v in vars(c).items() if k != "best_run"} | {"best_run": c.best_run["path"]}

@@ -9,7 +9,7 @@ import pytest
 from training_testkit import tiny_config
 from lrnn.training import train
 from lrnn.training.report import (PUBLISHED, cell_statistics, collect_results, markdown_table, median_mad,
-                                   plot_curves, published_table, write_report)
+                                  plot_curves, plot_training, published_table, training_curves, write_report)
 from lrnn.training.sweep import SweepSpec, run_sweep
 
 TINY = dict(n_layers=1, d_model=8, heads=2, steps=3, batch_size=4, train_min=3, train_max=8, eval_min=8,
@@ -213,3 +213,32 @@ def test_curves_of_one_model_at_two_budgets_look_different(tmp_path, figures):
     look = {label: (lines[label].get_color(), lines[label].get_marker()) for label in labels}
     assert look[labels[0]] != look[labels[1]]  # before: one colour for "DeltaProduct n_h=2", both solid
     assert look[labels[0]] == look[labels[2]]  # the same model at the other range: only the line style differs
+
+
+def test_training_curves_are_read_from_the_logs_and_drawn_per_run(tmp_path, figures):
+    for name, seed, negative in (("a", 0, True), ("b", 1, True), ("c", 0, False)):
+        train(tiny_config(steps=8, eval_every=4, seed=seed, negative_eigenvalues=negative),
+              tmp_path / "runs" / name, quiet=True)
+    results = collect_results(tmp_path)
+    train_curve, evals = training_curves(results[0])
+    log = [json.loads(line) for line in (tmp_path / "runs" / "a" / "log.jsonl").read_text().splitlines()]
+    assert train_curve == [(r["step"], r["accuracy"]) for r in log if r["kind"] == "train"]
+    assert [step for step, _ in train_curve] == [2, 4, 6, 8] and [step for step, _ in evals] == [4, 8]
+    assert evals[-1][1] == results[0]["score"]  # the last eval line is the final evaluation
+    plot_training(results, "parity", tmp_path / "t.png")
+    left, right = figures[0].axes[:2]
+    assert len(left.get_lines()) == len(right.get_lines()) == 3  # one line per run, seeds included
+    labels = [line.get_label() for line in right.get_lines()]
+    assert labels.count("DeltaNet [-1, 1]") == 1 and "DeltaNet [0, 1]" in labels  # a cell's seeds: one legend entry
+    assert sorted(line.get_ydata()[-1] for line in right.get_lines()) == sorted(r["score"] for r in results)
+    assert plot_training(results, "arithmetic", tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_the_report_links_the_training_curves(tmp_path):
+    train(tiny_config(steps=4), tmp_path / "runs" / "a", quiet=True)
+    written = write_report(tmp_path, tmp_path / "out")
+    assert written["parity_training.png"].read_bytes()[:4] == b"\x89PNG"
+    assert "![parity training](parity_training.png)" in written["report"].read_text()
+    (tmp_path / "runs" / "a" / "log.jsonl").write_text('{"kind": "train", "step": 1,\n')
+    with pytest.raises(ValueError, match="line 1, is not valid JSON"):
+        write_report(tmp_path, tmp_path / "out")

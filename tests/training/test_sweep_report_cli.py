@@ -101,7 +101,7 @@ def test_report_does_not_clobber_files_it_did_not_write(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--force"]) == 0
     assert (out / "report.md").read_text().startswith("# State-tracking results")
     assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0  # its own earlier report: replaced
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "parity.png", "report.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "parity.png", "parity_training.png", "report.md", "summary.json"]
     assert (out / "README.md").read_text() == "keep me"
 
 
