@@ -68,6 +68,29 @@ def test_kernel_equals_explicit_powers(disc):
     assert_close(s4d_kernel(log_abar, a["C"] * bbar, 17), torch.stack(ref, -1), 1e-9, "kernel")
 
 
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 5, 16, 17, 99, 257])
+def test_blocked_kernel_equals_the_vandermonde_sum_with_gradients(length):
+    """s4d_kernel's blocked powers (Abar^(Rq) Abar^r) == ``2 Re(sum_m cb_m exp(l log Abar_m))`` with every
+    power by its own exponential: values and gradients, float64 1e-10, float32 1e-4, lengths that are
+    and are not whole blocks."""
+    a = ssm_inputs(H=3, M=6, seed=length)
+    log_abar, bbar = s4d_discretize(a["A"], a["B"], a["dt"], "zoh")
+    for dtype, tol in ((torch.complex128, TOL), (torch.complex64, 1e-4)):
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (log_abar, a["C"] * bbar)]
+        steps = torch.arange(length, dtype=leaves[0].real.dtype)
+        direct = 2.0 * torch.einsum("hm,hml->hl", leaves[1], torch.exp(leaves[0].unsqueeze(-1) * steps)).real
+        blocked = s4d_kernel(*leaves, length)
+        assert blocked.shape == (3, length) and blocked.dtype == leaves[0].real.dtype
+        if length == 0:
+            continue
+        assert_relative_close(blocked, direct, tol, "kernel")
+        weights = torch.randn(3, length, generator=torch.Generator().manual_seed(1), dtype=F64).to(blocked.dtype)
+        grads = torch.autograd.grad((blocked * weights).sum(), leaves)
+        expected = torch.autograd.grad((direct * weights).sum(), leaves)
+        for got, want, name in zip(grads, expected, ("log Abar", "C Bbar")):
+            assert_close(got, want, tol, f"grad {name}")
+
+
 def test_fft_conv_equals_direct_convolution_causal_and_anticausal():
     """fft_conv == the double-loop sum (causal kernel, and with an anti-causal one), odd length."""
     g = torch.Generator().manual_seed(3)
