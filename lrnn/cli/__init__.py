@@ -367,6 +367,10 @@ def _add_sweep(sub) -> None:
                             "are set with --tasks, --models, --ranges, --lrs, --seeds")
     sweep.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
     _add_threads(sweep, " per worker")
+    sweep.add_argument("--compile", action="store_true",
+                       help="train every run as lrnn train --compile does (torch.compile'd model, batch lengths padded "
+                            "to a multiple of 8; minutes of compiling per run before its first step, so worth it for "
+                            "runs of many steps); finished and interrupted runs are reused and resumed either way")
     sweep.add_argument("--quiet", action="store_true", help="print neither the plan nor a line per run")
 
 
@@ -375,7 +379,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     with user_input():
         plan = plan_sweep(_sweep_spec(args), args.out, overrides=_set_fields(args.set))
-    summary = run_plan(plan, workers=args.workers, threads=args.threads, quiet=args.quiet)
+    summary = run_plan(plan, workers=args.workers, threads=args.threads, quiet=args.quiet,
+                       compile_backend="inductor" if args.compile else None)
     if "report" in summary:
         print(f"report: {summary['report']['report']}")
     for name, error in summary["failed"].items():

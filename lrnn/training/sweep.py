@@ -229,17 +229,22 @@ def plan_sweep(spec: SweepSpec, out_dir: str | Path, overrides: dict[str, Any] |
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, workers: int = 1, threads: int = 1, quiet: bool = False,
-              report: bool = True, overrides: dict[str, Any] | None = None) -> dict:
+              report: bool = True, overrides: dict[str, Any] | None = None, compile_backend: str | None = None) -> dict:
     """Plan (``plan_sweep``) and run (``run_plan``) a sweep of ``spec`` into ``out_dir``; see both."""
-    return run_plan(plan_sweep(spec, out_dir, overrides, report), workers, threads, quiet)
+    return run_plan(plan_sweep(spec, out_dir, overrides, report), workers, threads, quiet, compile_backend)
 
 
-def run_plan(plan: SweepPlan, workers: int = 1, threads: int = 1, quiet: bool = False) -> dict:
+def run_plan(plan: SweepPlan, workers: int = 1, threads: int = 1, quiet: bool = False,
+             compile_backend: str | None = None) -> dict:
     """Run every unfinished run of ``plan`` under ``plan.out/runs`` with ``workers`` processes.
 
     ``threads``: torch intra-op threads per worker. The default 1 is deliberate: with two threads per
     worker the chunked ops stall 10-25x once workers share cores (measured on a loaded 2-core machine),
     so use ``workers * threads <=`` the number of free cores and prefer more workers to more threads.
+    ``compile_backend``: None trains eager models; a ``torch.compile`` backend name ("inductor") trains
+    every run as ``lrnn train --compile`` does (``train(compile_backend=...)``: the same loss on padded
+    batches, evaluation eager). Compiling changes rounding, not the run's config, so finished and
+    interrupted runs are reused and resumed either way; ``sweep.json`` records the backend.
 
     Returns ``{"runs": n, "skipped": finished before, "resumed": [names], "done": [names], "failed":
     {name: error}}``; a failing run is reported, not fatal, so one bad configuration does not stop the
@@ -248,11 +253,14 @@ def run_plan(plan: SweepPlan, workers: int = 1, threads: int = 1, quiet: bool = 
     for name, value in (("workers", workers), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if compile_backend is not None and not isinstance(compile_backend, str):
+        raise TypeError(f"compile_backend must be None or a torch.compile backend name, got {compile_backend!r}")
     out = plan.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_RECORD, json.dumps({"spec": dataclasses.asdict(plan.spec),
-                                                      "overrides": plan.overrides}, indent=2) + "\n")
-    todo = [(str(out / "runs" / name), config.to_dict()) for name, config in plan.todo]
+                                                      "overrides": plan.overrides, "compile": compile_backend},
+                                                     indent=2) + "\n")
+    todo = [(str(out / "runs" / name), config.to_dict(), compile_backend) for name, config in plan.todo]
     summary = {"runs": len(plan.runs), "skipped": len(plan.finished), "resumed": list(plan.resumed),
                "done": [], "failed": {}}
     say(quiet, f"{plan.describe()}; {len(todo)} to run on {workers} worker(s) x {threads} thread(s)")
@@ -388,15 +396,15 @@ def map_in_workers(function: Callable[[Any], Any], jobs: list, workers: int, thr
         yield from pool.imap_unordered(function, jobs)
 
 
-def _run_one(job: tuple[str, dict]) -> tuple[str, float | None, str | None]:
-    """Train one run (in a worker, whose thread count ``init_worker`` set); returns (name, score, None) or
-    (name, None, error text)."""
+def _run_one(job: tuple[str, dict, str | None]) -> tuple[str, float | None, str | None]:
+    """Train one run (in a worker, whose thread count ``init_worker`` set) from (run directory, config
+    fields, compile backend or None); returns (name, score, None) or (name, None, error text)."""
     from lrnn.training.trainer import train
 
-    run_dir, config = job
+    run_dir, config, compile_backend = job
     name = Path(run_dir).name
     try:
-        outcome = train(RunConfig.from_dict(config), run_dir, resume=True, quiet=True)
+        outcome = train(RunConfig.from_dict(config), run_dir, resume=True, quiet=True, compile_backend=compile_backend)
         return name, float(outcome.result["score"]), None
     except Exception:  # report and go on: one failed run must not stop the grid
         return name, None, traceback.format_exc()

@@ -114,3 +114,20 @@ def test_an_in_process_sweep_keeps_the_callers_thread_count(tmp_path):
     torch.set_num_threads(2)  # the autouse fixture (tests/conftest.py) restores the thread count afterwards
     run_plan(plan_sweep(tiny_spec(), tmp_path, report=False), threads=1, quiet=True)
     assert torch.get_num_threads() == 2
+
+
+def test_a_compiled_sweep_trains_compiled_models_and_reuses_eager_runs(tmp_path, monkeypatch):
+    import lrnn.training.trainer as trainer
+
+    compiled = []
+    real_compile = trainer.compile_model
+    monkeypatch.setattr(trainer, "compile_model", lambda model, backend: compiled.append(backend) or real_compile(
+        model, backend))
+    spec = SweepSpec(tasks=["parity"], models=["deltanet"], ranges=["[-1,1]"], base=dict(TINY))
+    summary = run_sweep(spec, tmp_path, workers=1, quiet=True, report=False, compile_backend="eager")
+    assert summary["failed"] == {} and len(summary["done"]) == 1 and compiled == ["eager"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["compile"] == "eager"
+    eager = run_sweep(spec, tmp_path, workers=1, quiet=True, report=False)  # the finished run is reused
+    assert eager["skipped"] == 1 and eager["done"] == [] and compiled == ["eager"]
+    with pytest.raises(TypeError, match="compile_backend must be None or a torch.compile backend name"):
+        run_sweep(spec, tmp_path / "b", quiet=True, compile_backend=object())
