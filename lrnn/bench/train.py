@@ -72,7 +72,7 @@ from lrnn.bench.timing import disturbance, measure_matmul, release_memory, time_
 from lrnn.layers import MIXERS, mixer_spec
 from lrnn.models import LanguageModel, ModelConfig
 from lrnn.tasks import make_task
-from lrnn.training import RunConfig, make_optimizer
+from lrnn.training import PRECISIONS, RunConfig, make_optimizer
 from lrnn.training.trainer import COMPILE_LENGTH_MULTIPLE, compile_model, pad_length, training_step
 
 __all__ = ["CONFIGS", "StepConfig", "core_flops_per_token", "matmul_parameters", "model_flops", "step_flops",
@@ -239,8 +239,9 @@ class Entry:
 
 
 def build_entry(config: StepConfig, mixer: str, compiled: bool, batches: list[Batch],
-                device: torch.device, chunk_size: int | None = None) -> Entry:
-    """Model, optimiser and step of ``mixer`` at ``config``; ``step(i)`` trains on ``batches[i % n]``.
+                device: torch.device, chunk_size: int | None = None, precision: str = "float32") -> Entry:
+    """Model, optimiser and step of ``mixer`` at ``config``; ``step(i)`` trains on ``batches[i % n]``
+    (``training_step`` at ``precision``).
 
     Compiled entries feed batches padded as ``lrnn train --compile`` pads them (a multiple of
     ``COMPILE_LENGTH_MULTIPLE``); FLOPs are counted on the task's own padded length either way.
@@ -257,7 +258,7 @@ def build_entry(config: StepConfig, mixer: str, compiled: bool, batches: list[Ba
 
     def step(i: int) -> None:
         inputs, targets = feed[i % len(feed)]
-        training_step(forward, optimizer, inputs, targets, rc.grad_clip)
+        training_step(forward, optimizer, inputs, targets, rc.grad_clip, precision)
 
     flops = [step_flops(model, inputs.shape[0], inputs.shape[1]) for inputs, _ in batches]
     positions = [inputs.numel() for inputs, _ in batches]
@@ -293,6 +294,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "chunked GPU path; default: each mixer's own)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: 1 on the CPU, torch's setting on CUDA)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="float32 (default), or bfloat16: each forward pass under torch.autocast(bfloat16) with "
+                             "float32 weights, gradients and AdamW (lrnn pretrain --precision bfloat16); the matmul "
+                             "reference is then a bfloat16 matmul")
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="side of the square float32 reference matmul (default 2048)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -316,6 +321,7 @@ class Settings:
     threads: int
     matmul_size: int
     device: torch.device
+    precision: str = "float32"
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -341,7 +347,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     steps=args.steps, rounds=args.rounds, warmup=args.warmup, batches=args.batches,
                     lm_scale=scale, chunk_size=args.chunk_size,
                     threads=args.threads or (1 if device.type == "cpu" else torch.get_num_threads()),
-                    matmul_size=args.matmul_size, device=device)
+                    matmul_size=args.matmul_size, device=device, precision=args.precision)
 
 
 def _load(machine: dict[str, Any]) -> str:
@@ -382,7 +388,7 @@ def bench_config(config: StepConfig, s: Settings, probe: _Probe, log=_log) -> li
     entries = []
     for mixer in s.mixers:
         for mode in s.modes:
-            entry = build_entry(config, mixer, mode == "compiled", batches, s.device, s.chunk_size)
+            entry = build_entry(config, mixer, mode == "compiled", batches, s.device, s.chunk_size, s.precision)
             log(f"{config.name}: warming up {entry.key}")
             _warm_up(entry, s)
             entries.append(entry)
@@ -449,19 +455,21 @@ def _finish_rows(rows: list[dict[str, Any]], matmul_gflops: float) -> None:
 def run(s: Settings, command: str, log=_log) -> dict[str, Any]:
     """Every config of ``s`` with ``s.threads`` intra-op threads (restored afterwards); the JSON-ready report.
 
-    The float32 matmul reference is measured before and after; rates are set against the higher one.
+    The matmul reference (float32, or bfloat16 with ``s.precision`` bfloat16) is measured before and after;
+    rates are set against the higher one.
     """
+    matmul_dtype = torch.bfloat16 if s.precision == "bfloat16" else torch.float32
     previous = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
         machine = machine_info(s.device)
         log(f"lrnn bench train: device {s.device}, {s.threads} intra-op thread(s), torch {machine['torch']}, "
             f"{machine['cpu_model']}, 1-minute load average {_load(machine)}")
-        start = measure_matmul(s.device, torch.float32, s.matmul_size)
-        log(f"matmul {s.matmul_size}^2 float32: {start.gflops:.1f} GFLOP/s")
+        start = measure_matmul(s.device, matmul_dtype, s.matmul_size)
+        log(f"matmul {s.matmul_size}^2 {s.precision}: {start.gflops:.1f} GFLOP/s")
         probe = _Probe(s.device)
         rows = [row for config in s.configs for row in bench_config(config, s, probe, log)]
-        end = measure_matmul(s.device, torch.float32, s.matmul_size)
+        end = measure_matmul(s.device, matmul_dtype, s.matmul_size)
     finally:
         torch.set_num_threads(previous)
     reference = max(start.gflops, end.gflops)
@@ -470,7 +478,7 @@ def run(s: Settings, command: str, log=_log) -> dict[str, Any]:
             "machine": machine, "threads": s.threads, "device": str(s.device),
             "configs": [dataclasses.asdict(c) | {"description": c.describe()} for c in s.configs],
             "lm_scale": s.lm_scale, "chunk_size": s.chunk_size, "modes": s.modes, "steps": s.steps,
-            "rounds": s.rounds, "warmup": s.warmup,
+            "rounds": s.rounds, "warmup": s.warmup, "precision": s.precision,
             "matmul": {"size": s.matmul_size, "gflops": reference, "gflops_start": start.gflops,
                        "gflops_end": end.gflops, "probe_best_gflops": probe.best},
             "rows": rows}
@@ -497,8 +505,8 @@ def render(report: dict[str, Any], markdown: bool = False) -> str:
              f"Generated by `{report['command']}` on {report['date']}, lrnn at git revision {m['lrnn_revision']}.",
              f"Machine: {m['cpu_model'] if report['device'] == 'cpu' else m['device_name']}, {m['logical_cores']} "
              f"logical cores, 1-minute load average {_load(m)} at the start; torch {m['torch']}, "
-             f"{report['threads']} intra-op thread(s), device {report['device']}, float32.",
-             f"Matmul reference: float32 {report['matmul']['size']}^2, best of 5 = {report['matmul']['gflops']:.1f} "
+             f"{report['threads']} intra-op thread(s), device {report['device']}, {_precision(report)}.",
+             f"Matmul reference: {report.get('precision', 'float32')} {report['matmul']['size']}^2, best of 5 = {report['matmul']['gflops']:.1f} "
              f"GFLOP/s (start {report['matmul']['gflops_start']:.1f}, end {report['matmul']['gflops_end']:.1f}).",
              f"Each row: best of {report['rounds']} interleaved rounds of the median of {report['steps']} timed "
              f"steps, after {report['warmup']} warm-up step(s); full step = forward, backward, clipping, AdamW.", ""]
@@ -524,6 +532,12 @@ def render(report: dict[str, Any], markdown: bool = False) -> str:
     lines += ["Model FLOPs per step = 3 x (2 x nn.Linear weights x B x T + sum over layers of B x T x the mixer "
               "core per position), see lrnn/bench/train.py.", ""]
     return "\n".join(lines)
+
+
+def _precision(report: dict[str, Any]) -> str:
+    if report.get("precision", "float32") == "bfloat16":  # reports before --precision were float32
+        return "bfloat16 autocast (float32 weights, gradients and AdamW)"
+    return "float32"
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:

@@ -37,6 +37,9 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 """Named length protocols; ``RunConfig.with_protocol(name)`` applies one."""
 
+PRECISIONS = ("float32", "bfloat16")
+"""Training precisions: float32, or bfloat16 autocast over float32 weights, gradients and optimiser state."""
+
 RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "eval_every", "eval_batch_size", "device")
 """Run-config fields that change neither a run's weights nor its result (what it logs, when it checkpoints
 and evaluates, how many sequences one evaluation forward takes, and -- up to floating-point rounding --

@@ -58,6 +58,7 @@ from lrnn.jsonconfig import JsonConfig
 from lrnn.models import LanguageModel, ModelConfig, SpecialTokens
 from lrnn.models.tokenizer import TOKENIZER_NAME
 from lrnn.paths import default_cache_dir
+from lrnn.training.config import PRECISIONS
 from lrnn.training.distributed import (PARALLEL_MODES, Processes, build_optimizer, clip_gradients, full_state_dict,
                                       gradient_sync, groups_by_name, load_sharded, parallelize, save_sharded,
                                       start_processes, stop_processes)
@@ -78,7 +79,6 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, CHECKPOINT_DIR, TOKENIZER_NAME, "tokenizer_c
              RESULT_FILE)
 """What a pretraining run writes into its directory (and removes when it starts over)."""
 BETAS = (0.9, 0.95)
-PRECISIONS = ("float32", "bfloat16")
 RESUMABLE_CHANGES = ("micro_batch", "eval_every", "eval_tokens", "log_every", "checkpoint_every", "parallel",
                       "activation_checkpointing", "compile", "device")
 """Fields that may change between an interrupted run and its resumption: they do not change which tokens

@@ -37,7 +37,7 @@ from lrnn.atomic import atomic_write, atomic_write_text, is_temporary, remove_te
 from lrnn.device import resolve_device
 from lrnn.paths import check_writable_directory
 from lrnn.tasks import IGNORE_INDEX, Task, make_task
-from lrnn.training.config import RunConfig, config_differences
+from lrnn.training.config import PRECISIONS, RunConfig, config_differences
 from lrnn.training.evaluation import Counts, count_correct, evaluate
 from lrnn.training.optim import learning_rate, make_optimizer, set_learning_rate
 
@@ -339,16 +339,23 @@ def pad_length(inputs: torch.Tensor, targets: torch.Tensor, multiple: int,
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                  targets: torch.Tensor, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+                  targets: torch.Tensor, grad_clip: float,
+                  precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimiser step of ``Run.train`` (and of ``lrnn bench train``, which times it).
 
     Cross-entropy of ``model(inputs)`` (logits [B, T, C]) against ``targets`` [B, T] (``IGNORE_INDEX`` where
     unsupervised), backward, the global gradient norm clipped to ``grad_clip`` (0: only measured), then
-    ``optimizer.step()``. ``model`` may be a ``torch.compile``d module. Returns ``(loss, logits, grad_norm)``:
-    the loss and logits of this forward pass and the gradient norm before clipping.
+    ``optimizer.step()``. ``model`` may be a ``torch.compile``d module. ``precision`` "bfloat16" runs the
+    forward pass under ``torch.autocast(bfloat16)`` (weights, gradients and the optimiser stay float32; the
+    loss is taken in float32), as ``lrnn pretrain --precision bfloat16`` trains on one process. Returns
+    ``(loss, logits, grad_norm)``: the loss and logits of this forward pass and the gradient norm before
+    clipping.
     """
-    logits = model(inputs)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = _clip(model, grad_clip)

@@ -106,6 +106,23 @@ def test_cli_runs_and_writes_the_report(monkeypatch, tmp_path, capsys):
     assert "| DeltaNet | [-1, 1] | 4 | eager |" in text and "(b) word problem" in text
 
 
+def test_cli_bfloat16_sets_the_step_and_the_matmul_reference(monkeypatch, tmp_path, capsys):
+    _tiny_configs(monkeypatch)
+    precisions = []
+    real_step = bench_train.training_step
+    monkeypatch.setattr(bench_train, "training_step", lambda *args: precisions.append(args[-1]) or real_step(*args))
+    matmuls = []
+    real_matmul = bench_train.measure_matmul
+    monkeypatch.setattr(bench_train, "measure_matmul",
+                        lambda device, dtype, *rest: matmuls.append(dtype) or real_matmul(device, dtype, *rest))
+    out = tmp_path / "train.json"
+    assert lrnn.cli.main(["bench", "train", "--configs", "parity", "--mixers", "deltanet", "--steps", "1", "--rounds",
+                          "1", "--matmul-size", "64", "--precision", "bfloat16", "--json", str(out)]) == 0
+    assert set(precisions) == {"bfloat16"} and json.loads(out.read_text())["precision"] == "bfloat16"
+    assert matmuls[0] == matmuls[-1] == torch.bfloat16  # the reference; the probes between stay float32
+    assert "bfloat16 autocast" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--mixers", "nope"], "--mixers: unknown mixer(s) ['nope']"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
