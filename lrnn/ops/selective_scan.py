@@ -46,8 +46,8 @@ _LAYOUT_BC = "[batch, time, d_state]"
 @torch.compiler.disable
 def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, *,
                    negative_eigenvalues: bool = False, initial_state: torch.Tensor | None = None,
-                   output_final_state: bool = False,
-                   segment: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   output_final_state: bool = False, segment: int | None = None,
+                   block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``h_t = a_t h_{t-1} + v_t B_t``, ``y_t = h_t C_t`` with ``a_t = exp(dt_t A)`` (or ``2 exp(dt_t A) - 1``).
 
     Args:
@@ -65,7 +65,7 @@ def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         ``(y, final_state)``: y [B, T, D] in the dtype of ``v``; the final state [B, D, N] in float32
         (float64 for float64 inputs), or None unless ``output_final_state``.
     """
-    _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment)
+    _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment, block)
     dtype = compute_dtype(v.dtype)
     batch, length, channels = v.shape
     h0 = (torch.zeros(batch, channels, A.shape[1], dtype=dtype, device=v.device) if initial_state is None
@@ -74,11 +74,11 @@ def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         return v.new_zeros(v.shape), (h0 if output_final_state else None)
     segment = math.ceil(math.sqrt(length / 2)) if segment is None else segment
     y, final = _SelectiveScan.apply(v.to(dtype), dt.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype), h0,
-                                    negative_eigenvalues, segment)
+                                    negative_eigenvalues, segment, block)
     return y.to(v.dtype), (final if output_final_state else None)
 
 
-def _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment) -> None:
+def _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment, block) -> None:
     _checks.check_tensor("v", v, 3, _LAYOUT_X)
     batch, length, channels = v.shape
     _checks.check_tensor("dt", dt, 3, _LAYOUT_X)
@@ -95,92 +95,196 @@ def _check(v, dt, A, B, C, initial_state, negative_eigenvalues, segment) -> None
     check_flag("negative_eigenvalues", negative_eigenvalues)
     if segment is not None:
         check_int("segment", segment, 1)
+    if block is not None:
+        check_int("block", block, 1)
 
 
-def _decay_into(out: torch.Tensor, dt_t: torch.Tensor, A_t: torch.Tensor, log2: torch.Tensor | None) -> torch.Tensor:
-    """One step's decays into ``out`` [B, N, D]: ``exp(dt_t A)``, or with ``log2`` (a [N, D] tensor of
-    log 2: the [-1, 1] range) ``2 exp(dt_t A) - 1 = exp(dt_t A + log 2) - 1``. dt_t [B, D], A_t = A
-    transposed [N, D]. In place: each op is one pass over a state-sized buffer that stays in cache,
-    where a fresh tensor per op would be a page-faulting allocation."""
+def _decays_into(out: torch.Tensor, dt: torch.Tensor, A_t: torch.Tensor, log2: torch.Tensor | None) -> torch.Tensor:
+    """A segment's decays into ``out`` [S, b, N, D]: ``exp(dt A)``, or with ``log2`` (a [N, D] tensor of
+    log 2: the [-1, 1] range) ``2 exp(dt A) - 1 = exp(dt A + log 2) - 1``. dt [S, b, 1, D], A_t = A
+    transposed [N, D]. In place, a whole segment per op: few calls, each over a buffer that stays in cache."""
     if log2 is None:
-        return torch.mul(dt_t.unsqueeze(-2), A_t, out=out).exp_()
-    return torch.addcmul(log2, dt_t.unsqueeze(-2), A_t, out=out).exp_().sub_(1.0)
+        return torch.mul(dt, A_t, out=out).exp_()
+    return torch.addcmul(log2, dt, A_t, out=out).exp_().sub_(1.0)
 
 
-def _step_into(out: torch.Tensor, h: torch.Tensor, a: torch.Tensor, v_t: torch.Tensor, b_t: torch.Tensor) -> None:
-    """``out = a h + B_t v_t`` (out may be h): h, a [B, N, D]; v_t [B, D]; b_t [B, N]."""
-    torch.mul(h, a, out=out).addcmul_(b_t.unsqueeze(-1), v_t.unsqueeze(-2))
+def _advance(h: torch.Tensor, states: torch.Tensor, decays: torch.Tensor, v_s, b_s, start: int) -> None:
+    """A segment's states from the state before it: ``states[i] = decays[i] states[i - 1] + B_t v_t`` with
+    ``states[-1]`` read as h [b, N, D] and t = start + i; states, decays [S, b, N, D]; v_s, b_s the per-step
+    views of ``_steps``."""
+    for i in range(states.shape[0]):
+        t = start + i
+        torch.mul(states[i - 1] if i else h, decays[i], out=states[i]).addcmul_(b_s[t], v_s[t])
 
 
 def _time_major(*xs: torch.Tensor) -> list[torch.Tensor]:
-    """[B, T, ...] -> contiguous [T, B, ...]: each step's slice is then one contiguous block."""
+    """[B, T, ...] -> contiguous [T, B, ...]: each step's slice of a block of rows is one contiguous block."""
     return [x.transpose(0, 1).contiguous() for x in xs]
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """The scan and its adjoint (see the module docstring), looping over time with state-sized buffers.
+def _steps(x: torch.Tensor, rows: slice, dim: int) -> tuple[torch.Tensor, ...]:
+    """The per-step views of a time-major x [T, B, K] for the batch ``rows``, with a unit dimension inserted
+    at ``dim`` of each step's [b, K] (``dim`` 1: [b, 1, K], a row; 2: [b, K, 1], a column), as bmm and
+    broadcasting want them. Made once per block: one call instead of T indexing ops."""
+    return x[:, rows].unsqueeze(dim + 1).unbind(0)
 
-    Inside, states are laid out [B, N, D] (channels innermost): every element-wise op then runs along
-    the D contiguous channels, where the [B, D, N] layout's N = 16 inner loop would not vectorise.
-    Buffers are few and reused: on a CPU, first touching a fresh state-sized buffer (page faults) costs
-    several element-wise passes over it, which is why keeping all T states would be slower, not faster.
+
+def _over_states(x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``sum_n x[n] states[n, d]``: x [S, b, N], states [S, b, N, D] -> [S, b, D] (one bmm)."""
+    return torch.matmul(x.unsqueeze(2), states).squeeze(2)
+
+
+def _over_channels(x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``sum_d states[n, d] x[d]``: x [S, b, D], states [S, b, N, D] -> [S, b, N]. As a row times the
+    transposed states: the batched matrix-vector product ``states @ x`` measured ~3x slower on a CPU."""
+    return torch.matmul(x.unsqueeze(2), states.transpose(-1, -2)).squeeze(2)
+
+
+# The working set a block of batch rows may take: half of the 2 MiB per-core L2 of the machine the
+# numbers in docs/benchmarks.md come from. An element-wise pass over a [256, 16, 256] float32 state
+# (4 MiB, past L2) measured ~10x slower per element there than over blocks of 8-32 rows that stay in L2.
+_CACHE_BYTES = 1 << 20
+
+
+def _rows_per_block(batch: int, state: torch.Tensor, buffers: int) -> int:
+    """Batch rows scanned together so that ``buffers`` state-sized buffers of that many rows fit in
+    ``_CACHE_BYTES``; the whole batch off the CPU, where one launch per op over everything is what counts."""
+    if state.device.type != "cpu":
+        return batch
+    row_bytes = state[0].numel() * state.element_size() * buffers
+    return max(1, min(batch, _CACHE_BYTES // row_bytes))
+
+
+def _row_blocks(batch: int, rows: int) -> list[slice]:
+    return [slice(start, min(start + rows, batch)) for start in range(0, batch, rows)]
+
+
+class _Buffers:
+    """Reused scratch memory: ``take(*lead, rows)`` is a contiguous [*lead, rows, N, D] view of one flat
+    allocation made for the largest block, so a last, smaller block of rows still gets contiguous
+    buffers (a bmm over a strided slice would copy it)."""
+
+    def __init__(self, like: torch.Tensor, rows: int, counts: dict[str, int]) -> None:
+        self.row_shape, self.counts = like.shape[1:], counts
+        self.row_size = like[0].numel()
+        self.flat = like.new_empty(sum(counts.values()) * rows * self.row_size)
+
+    def take(self, rows: int) -> dict[str, torch.Tensor]:
+        views, offset = {}, 0
+        for name, count in self.counts.items():
+            size = count * rows * self.row_size
+            views[name] = self.flat[offset:offset + size].view(count, rows, *self.row_shape)
+            offset += size
+        return views
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """The scan and its adjoint (see the module docstring), looping over blocks of batch rows and, inside
+    each, over segments of time and their steps.
+
+    States are laid out [B, N, D] (channels innermost): every element-wise op then runs along the D
+    contiguous channels, where the [B, D, N] layout's N = 16 inner loop would not vectorise. A block's
+    buffers are few, reused, and sized to stay in cache (``_rows_per_block``): the scan is a chain of
+    element-wise passes, memory-bound over a whole-batch state but several times faster per element over
+    a block that stays in L2. Only the recurrence itself runs step by step; what does not depend on the
+    previous step (a segment's decays and outputs; in backward the gradients of v, B, C, dt and A from the
+    per-step gradients of h_t and a_t) runs once per segment, a few batched ops.
     """
 
     @staticmethod
-    def forward(ctx, v, dt, A, B, C, h0, negative: bool, segment: int):
+    def forward(ctx, v, dt, A, B, C, h0, negative: bool, segment: int, block: int | None):
         v_tm, dt_tm, b_tm, c_tm = _time_major(v, dt, B, C)
         A_t = A.t().contiguous()  # [N, D]
         log2 = torch.full_like(A_t, math.log(2.0)) if negative else None
-        h = h0.transpose(1, 2).contiguous()  # [B, N, D]
-        a = torch.empty_like(h)
+        length, batch = v_tm.shape[:2]
+        size = min(segment, length)
+        state = h0.transpose(1, 2).contiguous()  # [B, N, D], advanced block by block into the final state
+        checkpoints = state.new_empty(-(-length // segment), *state.shape)  # the state before every segment
         y = v_tm.new_empty(v_tm.shape)  # [T, B, D]
-        checkpoints = []
-        for t in range(v_tm.shape[0]):
-            if t % segment == 0:
-                checkpoints.append(h.clone())
-            _step_into(h, h, _decay_into(a, dt_tm[t], A_t, log2), v_tm[t], b_tm[t])
-            torch.bmm(c_tm[t].unsqueeze(1), h, out=y[t].unsqueeze(1))  # y_t = C_t^T h_t
-        ctx.save_for_backward(v_tm, dt_tm, A_t, b_tm, c_tm, *checkpoints)
+        rows_per_block = block or _rows_per_block(batch, state, buffers=2 * size)
+        buffers = _Buffers(state, rows_per_block, {"states": size, "decays": size})
+        for rows in _row_blocks(batch, rows_per_block):
+            scratch = buffers.take(rows.stop - rows.start)
+            v_s, b_s = _steps(v_tm, rows, 1), _steps(b_tm, rows, 2)
+            h = state[rows]
+            for start in range(0, length, segment):
+                seg = slice(start, min(start + segment, length))
+                steps = seg.stop - start
+                states = scratch["states"][:steps]
+                checkpoints[start // segment, rows].copy_(h)
+                decays = _decays_into(scratch["decays"][:steps], dt_tm[seg, rows].unsqueeze(2), A_t, log2)
+                _advance(h, states, decays, v_s, b_s, start)
+                y[seg, rows] = _over_states(c_tm[seg, rows], states)  # y_t = C_t^T h_t
+                h = states[-1]
+            state[rows].copy_(h)
+        ctx.save_for_backward(v_tm, dt_tm, A_t, b_tm, c_tm, checkpoints)
         ctx.log2 = log2
-        ctx.negative, ctx.segment = negative, segment
-        return y.transpose(0, 1), h.transpose(1, 2)
+        ctx.negative, ctx.segment, ctx.block = negative, segment, block
+        return y.transpose(0, 1), state.transpose(1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_y, g_final):
-        v_tm, dt_tm, A_t, b_tm, c_tm, *checkpoints = ctx.saved_tensors
-        negative, segment, log2 = ctx.negative, ctx.segment, ctx.log2
-        length, state = v_tm.shape[0], checkpoints[0]
+        v_tm, dt_tm, A_t, b_tm, c_tm, checkpoints = ctx.saved_tensors
+        length, batch = v_tm.shape[:2]
         g_y = torch.zeros_like(v_tm) if g_y is None else g_y.transpose(0, 1).contiguous()
-        g_h = torch.zeros_like(state) if g_final is None else g_final.transpose(1, 2).contiguous()
-        g_v, g_dt, g_b, g_c = (torch.empty_like(x) for x in (v_tm, dt_tm, b_tm, c_tm))
-        size = min(segment, length)
-        states = state.new_empty(size + 1, *state.shape)  # h before and after each step of a segment
-        decays = state.new_empty(size, *state.shape)
-        g_z, scratch = torch.empty_like(state), torch.empty_like(state)
-        g_A = torch.zeros_like(state)  # sum over t of g_z dt_t; g_A is its sum over the batch
-        for start in reversed(range(0, length, segment)):
-            steps = min(segment, length - start)
-            states[0].copy_(checkpoints[start // segment])  # recompute the segment's states and decays
-            for i in range(steps):
-                t = start + i
-                _step_into(states[i + 1], states[i], _decay_into(decays[i], dt_tm[t], A_t, log2),
-                           v_tm[t], b_tm[t])
-            # g_C_t = h_t g_y_t, the whole segment at once: [S, B, N, D] @ [S, B, D, 1].
-            g_c[start:start + steps] = torch.matmul(states[1:steps + 1],
-                                                    g_y[start:start + steps].unsqueeze(-1)).squeeze(-1)
-            for i in reversed(range(steps)):
-                t, a = start + i, decays[i]
-                g_h.addcmul_(c_tm[t].unsqueeze(-1), g_y[t].unsqueeze(-2))  # + C_t g_y_t
-                torch.bmm(b_tm[t].unsqueeze(1), g_h, out=g_v[t].unsqueeze(1))
-                torch.bmm(g_h, v_tm[t].unsqueeze(-1), out=g_b[t].unsqueeze(-1))
-                torch.mul(g_h, states[i], out=g_z)  # g_a; times da/d(dt A) = a (+ 1 for [-1, 1]):
-                if negative:
-                    g_z.addcmul_(g_z, a)
-                else:
-                    g_z.mul_(a)
-                torch.sum(torch.mul(g_z, A_t, out=scratch), dim=1, out=g_dt[t])
-                g_A.addcmul_(g_z, dt_tm[t].unsqueeze(-2))
-                g_h.mul_(a)  # carried to step t - 1
+        # [B, N, D]: the final state's gradient, carried back in place to the initial state's
+        g_state = (checkpoints.new_zeros(checkpoints.shape[1:]) if g_final is None
+                   else g_final.transpose(1, 2).contiguous())
+        grads = {name: torch.empty_like(x) for name, x in (("v", v_tm), ("dt", dt_tm), ("B", b_tm), ("C", c_tm))}
+        size = min(ctx.segment, length)
+        rows_per_block = ctx.block or _rows_per_block(batch, g_state, buffers=2 * size + 1)
+        buffers = _Buffers(g_state, rows_per_block, {"states": size, "decays": size, "g_A": 1})
+        g_A = None
+        for rows in _row_blocks(batch, rows_per_block):
+            scratch = buffers.take(rows.stop - rows.start)
+            g_A_rows = _SelectiveScan._backward_rows(ctx, rows, (v_tm, dt_tm, b_tm, c_tm, g_y), grads,
+                                                     g_state[rows], checkpoints[:, rows], A_t, scratch)
+            g_A = g_A_rows.sum(0) if g_A is None else g_A.add_(g_A_rows.sum(0))
         back = lambda x: x.transpose(0, 1)  # noqa: E731
-        return back(g_v), back(g_dt), g_A.sum(0).t(), back(g_b), back(g_c), g_h.transpose(1, 2), None, None
+        return (back(grads["v"]), back(grads["dt"]), g_A.t(), back(grads["B"]), back(grads["C"]),
+                g_state.transpose(1, 2), None, None, None)
+
+    @staticmethod
+    def _backward_rows(ctx, rows: slice, inputs, grads: dict[str, torch.Tensor], g_h: torch.Tensor,
+                       checkpoints: torch.Tensor, A_t: torch.Tensor, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The adjoint scan over the batch ``rows``, one segment at a time from the last: fills their slices
+        of ``grads`` (time-major), carries ``g_h`` [b, N, D] from the final state's gradient back to the
+        initial state's, and returns the rows' sum over t of ``g_z dt_t`` [b, N, D] (g_A before the sum
+        over rows).
+
+        Per step only what depends on the next step's g_h runs: ``G_t = g_h + C_t g_y_t`` (the full
+        gradient of h_t), the carry ``g_h = a_t G_t`` and ``g_z_t = G_t h_{t-1} a'_t``. G_t overwrites the
+        recomputed h_t, no longer needed once step t + 1 is done, and g_z_t the decay a_t; the segment's
+        gradients of v, B, dt and A then come from them in a few batched ops.
+        """
+        v_tm, dt_tm, b_tm, c_tm, g_y = inputs
+        g_A = scratch["g_A"][0].zero_()
+        negative, segment, log2 = ctx.negative, ctx.segment, ctx.log2
+        v_s, b_s, c_s, g_y_s = (_steps(v_tm, rows, 1), _steps(b_tm, rows, 2), _steps(c_tm, rows, 2),
+                                _steps(g_y, rows, 1))
+        length = len(v_s)
+        for start in reversed(range(0, length, segment)):
+            seg = slice(start, min(start + segment, length))
+            steps = seg.stop - start
+            states, dt_seg = scratch["states"][:steps], dt_tm[seg, rows].unsqueeze(2)  # [S, b, 1, D]
+            h = checkpoints[start // segment]  # recompute the segment's states and decays from it
+            decays = _decays_into(scratch["decays"][:steps], dt_seg, A_t, log2)
+            _advance(h, states, decays, v_s, b_s, start)
+            grads["C"][seg, rows] = _over_channels(g_y[seg, rows], states)  # g_C_t = h_t g_y_t
+            for i in reversed(range(steps)):
+                t, h_prev, full = start + i, (states[i - 1] if i else h), states[i]
+                torch.addcmul(g_h, c_s[t], g_y_s[t], out=full)  # G_t = g_h + C_t g_y_t, over h_t
+                torch.mul(full, decays[i], out=g_h)  # carried to step t - 1
+                # g_z_t = G_t h_{t-1} a'_t with a' = da/d(dt A) = a ([0, 1]) or a + 1 ([-1, 1]), over a_t
+                if negative:
+                    torch.mul(full, h_prev, out=decays[i]).addcmul_(g_h, h_prev)
+                else:
+                    torch.mul(g_h, h_prev, out=decays[i])
+            full, g_z = states, decays
+            # g_v_t = B_t^T G_t, g_B_t = G_t v_t, g_dt_t = sum_n g_z_t A, g_A += sum_t g_z_t dt_t
+            grads["v"][seg, rows] = _over_states(b_tm[seg, rows], full)
+            grads["B"][seg, rows] = _over_channels(v_tm[seg, rows], full)
+            grads["dt"][seg, rows] = torch.mul(g_z, A_t, out=full).sum(2)
+            g_A.add_(torch.mul(g_z, dt_seg, out=full).sum(0))
+        return g_A

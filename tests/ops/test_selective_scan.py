@@ -46,16 +46,18 @@ def _relative(a, b):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("negative", [False, True])
-@pytest.mark.parametrize("length,segment", [(1, 64), (13, 64), (13, 4), (17, 5)])
-def test_matches_the_sequential_reference(dtype, negative, length, segment):
-    inputs = _inputs(3, length, 6, 4, dtype)
+@pytest.mark.parametrize("length,segment,block", [(1, 64, None), (13, 64, None), (13, 4, None), (17, 5, None),
+                                                  (13, 4, 2), (17, 5, 1), (9, 3, 3)])
+def test_matches_the_sequential_reference(dtype, negative, length, segment, block):
+    """``block`` rows at a time: 2 of 5 leaves a last block of 1 row, 1 scans row by row, 3 is one block."""
+    inputs = _inputs(5 if block else 3, length, 6, 4, dtype)
     gen = torch.Generator().manual_seed(1)
-    g_y = torch.randn(3, length, 6, generator=gen, dtype=torch.float64).to(dtype)
-    g_final = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64).to(dtype)
+    g_y = torch.randn(*inputs[0].shape, generator=gen, dtype=torch.float64).to(dtype)
+    g_final = torch.randn(*inputs[5].shape, generator=gen, dtype=torch.float64).to(dtype)
 
     def fast(v, dt, A, B, C, h0):
         return selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, initial_state=h0,
-                              output_final_state=True, segment=segment)
+                              output_final_state=True, segment=segment, block=block)
 
     got = _outputs_and_grads(fast, inputs, g_y, g_final)
     want = _outputs_and_grads(lambda *x: _reference(*x, negative), inputs, g_y, g_final)
@@ -94,6 +96,8 @@ def test_empty_sequence_keeps_the_state():
     (lambda a: {**a, "segment": 0}, "segment must be >= 1, got 0"),
     (lambda a: {**a, "segment": 1.5}, "segment must be an int >= 1, got 1.5"),
     (lambda a: {**a, "negative_eigenvalues": 1}, "negative_eigenvalues"),
+    (lambda a: {**a, "block": 0}, "block must be >= 1, got 0"),
+    (lambda a: {**a, "block": 2.0}, "block must be an int >= 1, got 2.0"),
 ])
 def test_rejects_bad_arguments(change, match):
     v, dt, A, B, C, _ = (x.detach() for x in _inputs(2, 4, 5, 3, torch.float32))
