@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from lrnn.ops import _checks
@@ -108,183 +109,166 @@ def _decays_into(out: torch.Tensor, dt: torch.Tensor, A_t: torch.Tensor, log2: t
     return torch.addcmul(log2, dt, A_t, out=out).exp_().sub_(1.0)
 
 
-def _advance(h: torch.Tensor, states: torch.Tensor, decays: torch.Tensor, v_s, b_s, start: int) -> None:
-    """A segment's states from the state before it: ``states[i] = decays[i] states[i - 1] + B_t v_t`` with
-    ``states[-1]`` read as h [b, N, D] and t = start + i; states, decays [S, b, N, D]; v_s, b_s the per-step
-    views of ``_steps``."""
-    for i in range(states.shape[0]):
-        t = start + i
-        torch.mul(states[i - 1] if i else h, decays[i], out=states[i]).addcmul_(b_s[t], v_s[t])
+def _advance(h: torch.Tensor, states: torch.Tensor, decays: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> None:
+    """A segment's states from the state h [b, N, D] before it: ``states[i] = decays[i] states[i - 1] +
+    B_i v_i`` with ``states[-1]`` read as h. states, decays [S, b, N, D]; v [S, b, D]; b (B) [S, b, N]."""
+    steps = zip((h, *states.unbind(0)), decays.unbind(0), states.unbind(0), b.unsqueeze(-1).unbind(0),
+                v.unsqueeze(-2).unbind(0))
+    for before, a, after, b_i, v_i in steps:
+        torch.mul(before, a, out=after).addcmul_(b_i, v_i)
 
 
-def _time_major(*xs: torch.Tensor) -> list[torch.Tensor]:
-    """[B, T, ...] -> contiguous [T, B, ...]: each step's slice of a block of rows is one contiguous block."""
-    return [x.transpose(0, 1).contiguous() for x in xs]
+def _over_states(x: torch.Tensor, states: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[d] = sum_n x[n] states[n, d]``: x [S, b, N], states [S, b, N, D], out [S, b, D] (one bmm)."""
+    rows, (n, d) = x.shape[0] * x.shape[1], states.shape[-2:]
+    torch.bmm(x.view(rows, 1, n), states.view(rows, n, d), out=out.view(rows, 1, d))
 
 
-def _steps(x: torch.Tensor, rows: slice, dim: int) -> tuple[torch.Tensor, ...]:
-    """The per-step views of a time-major x [T, B, K] for the batch ``rows``, with a unit dimension inserted
-    at ``dim`` of each step's [b, K] (``dim`` 1: [b, 1, K], a row; 2: [b, K, 1], a column), as bmm and
-    broadcasting want them. Made once per block: one call instead of T indexing ops."""
-    return x[:, rows].unsqueeze(dim + 1).unbind(0)
+def _over_channels(x: torch.Tensor, states: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[n] = sum_d states[n, d] x[d]``: x [S, b, D], states [S, b, N, D], out [S, b, N]. As a row times
+    the transposed states: the batched matrix-vector product ``states @ x`` measured ~3x slower on a CPU."""
+    rows, (n, d) = x.shape[0] * x.shape[1], states.shape[-2:]
+    torch.bmm(x.view(rows, 1, d), states.view(rows, n, d).transpose(1, 2), out=out.view(rows, 1, n))
 
 
-def _over_states(x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """``sum_n x[n] states[n, d]``: x [S, b, N], states [S, b, N, D] -> [S, b, D] (one bmm)."""
-    return torch.matmul(x.unsqueeze(2), states).squeeze(2)
+# The working set a block of batch rows may take: about the 2 MiB per-core L2 of the machine the numbers
+# in docs/benchmarks.md come from. An element-wise pass over a [256, 16, 256] float32 state (4 MiB, past
+# L2) measured ~10x slower per element there than over blocks of 8-32 rows that stay in L2.
+_CACHE_BYTES = 3 << 19
 
 
-def _over_channels(x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """``sum_d states[n, d] x[d]``: x [S, b, D], states [S, b, N, D] -> [S, b, N]. As a row times the
-    transposed states: the batched matrix-vector product ``states @ x`` measured ~3x slower on a CPU."""
-    return torch.matmul(x.unsqueeze(2), states.transpose(-1, -2)).squeeze(2)
+class _Layout:
+    """The batch in blocks of ``rows`` and time in ``segments`` of ``steps``, each (block, segment) one
+    contiguous [steps, rows, K] slab: ``split`` [B, T, K] -> [blocks, segments, steps, rows, K], ``join``
+    back. Zero padding fills the last block and segment: a padded step (dt = 0, v = B = C = 0) keeps
+    the state, a padded row stays zero, and what they produce is cut off by ``join``."""
+
+    def __init__(self, batch: int, length: int, rows: int, segment: int) -> None:
+        self.batch, self.length = batch, length
+        self.blocks = -(-batch // rows)
+        self.rows = -(-batch // self.blocks)  # as even as the blocks can be: the least padding
+        self.segments = -(-length // segment)
+        self.steps = -(-length // self.segments)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (0, 0, 0, self.segments * self.steps - self.length, 0, self.blocks * self.rows - self.batch))
+        return (padded.view(self.blocks, self.rows, self.segments, self.steps, x.shape[-1])
+                .permute(0, 2, 3, 1, 4).contiguous())
+
+    def join(self, x: torch.Tensor) -> torch.Tensor:
+        whole = x.permute(0, 3, 1, 2, 4).reshape(self.blocks * self.rows, self.segments * self.steps, x.shape[-1])
+        return whole[:self.batch, :self.length]
+
+    def split_state(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, D, N] -> [blocks, rows, N, D] (contiguous)."""
+        padded = F.pad(h.transpose(1, 2), (0, 0, 0, 0, 0, self.blocks * self.rows - self.batch))
+        return padded.reshape(self.blocks, self.rows, *padded.shape[1:]).contiguous()
+
+    def join_state(self, h: torch.Tensor) -> torch.Tensor:
+        """[blocks, rows, N, D] -> [B, D, N]."""
+        return h.view(self.blocks * self.rows, *h.shape[2:])[:self.batch].transpose(1, 2)
 
 
-# The working set a block of batch rows may take: half of the 2 MiB per-core L2 of the machine the
-# numbers in docs/benchmarks.md come from. An element-wise pass over a [256, 16, 256] float32 state
-# (4 MiB, past L2) measured ~10x slower per element there than over blocks of 8-32 rows that stay in L2.
-_CACHE_BYTES = 1 << 20
-
-
-def _rows_per_block(batch: int, state: torch.Tensor, buffers: int) -> int:
-    """Batch rows scanned together so that ``buffers`` state-sized buffers of that many rows fit in
-    ``_CACHE_BYTES``; the whole batch off the CPU, where one launch per op over everything is what counts."""
-    if state.device.type != "cpu":
-        return batch
-    row_bytes = state[0].numel() * state.element_size() * buffers
-    return max(1, min(batch, _CACHE_BYTES // row_bytes))
-
-
-def _row_blocks(batch: int, rows: int) -> list[slice]:
-    return [slice(start, min(start + rows, batch)) for start in range(0, batch, rows)]
-
-
-class _Buffers:
-    """Reused scratch memory: ``take(*lead, rows)`` is a contiguous [*lead, rows, N, D] view of one flat
-    allocation made for the largest block, so a last, smaller block of rows still gets contiguous
-    buffers (a bmm over a strided slice would copy it)."""
-
-    def __init__(self, like: torch.Tensor, rows: int, counts: dict[str, int]) -> None:
-        self.row_shape, self.counts = like.shape[1:], counts
-        self.row_size = like[0].numel()
-        self.flat = like.new_empty(sum(counts.values()) * rows * self.row_size)
-
-    def take(self, rows: int) -> dict[str, torch.Tensor]:
-        views, offset = {}, 0
-        for name, count in self.counts.items():
-            size = count * rows * self.row_size
-            views[name] = self.flat[offset:offset + size].view(count, rows, *self.row_shape)
-            offset += size
-        return views
+def _layout(v: torch.Tensor, d_state: int, segment: int, block: int | None) -> _Layout:
+    """The blocks for v [B, T, D]: ``block`` rows, or on a CPU as many as keep the backward pass's buffers
+    (``2 S + 2`` states of [rows, N, D]) within ``_CACHE_BYTES``; one block elsewhere, where one launch
+    per op over everything is what counts."""
+    batch, length, channels = v.shape
+    if block is None:
+        if v.device.type == "cpu":
+            steps = -(-length // -(-length // segment))
+            row_bytes = (2 * steps + 2) * d_state * channels * v.element_size()
+            block = max(1, min(batch, _CACHE_BYTES // row_bytes))
+        else:
+            block = batch
+    return _Layout(batch, length, block, segment)
 
 
 class _SelectiveScan(torch.autograd.Function):
     """The scan and its adjoint (see the module docstring), looping over blocks of batch rows and, inside
     each, over segments of time and their steps.
 
-    States are laid out [B, N, D] (channels innermost): every element-wise op then runs along the D
+    States are laid out [rows, N, D] (channels innermost): every element-wise op then runs along the D
     contiguous channels, where the [B, D, N] layout's N = 16 inner loop would not vectorise. A block's
-    buffers are few, reused, and sized to stay in cache (``_rows_per_block``): the scan is a chain of
-    element-wise passes, memory-bound over a whole-batch state but several times faster per element over
-    a block that stays in L2. Only the recurrence itself runs step by step; what does not depend on the
-    previous step (a segment's decays and outputs; in backward the gradients of v, B, C, dt and A from the
-    per-step gradients of h_t and a_t) runs once per segment, a few batched ops.
+    buffers are few, reused, and sized to stay in cache (``_layout``): the scan is a chain of element-wise
+    passes, memory-bound over a whole-batch state but several times faster per element over a block that
+    stays in L2. Only the recurrence itself runs step by step; what does not depend on the previous step
+    (a segment's decays and outputs; in backward the gradients of v, B, C, dt and A from the per-step
+    gradients of h_t and a_t) runs once per segment, a few ops over the segment's contiguous slab.
     """
 
     @staticmethod
     def forward(ctx, v, dt, A, B, C, h0, negative: bool, segment: int, block: int | None):
-        v_tm, dt_tm, b_tm, c_tm = _time_major(v, dt, B, C)
+        layout = _layout(v, A.shape[1], segment, block)
+        v_l, dt_l, b_l, c_l = (layout.split(x) for x in (v, dt, B, C))  # [blocks, segments, S, b, K]
         A_t = A.t().contiguous()  # [N, D]
         log2 = torch.full_like(A_t, math.log(2.0)) if negative else None
-        length, batch = v_tm.shape[:2]
-        size = min(segment, length)
-        state = h0.transpose(1, 2).contiguous()  # [B, N, D], advanced block by block into the final state
-        checkpoints = state.new_empty(-(-length // segment), *state.shape)  # the state before every segment
-        y = v_tm.new_empty(v_tm.shape)  # [T, B, D]
-        rows_per_block = block or _rows_per_block(batch, state, buffers=2 * size)
-        buffers = _Buffers(state, rows_per_block, {"states": size, "decays": size})
-        for rows in _row_blocks(batch, rows_per_block):
-            scratch = buffers.take(rows.stop - rows.start)
-            v_s, b_s = _steps(v_tm, rows, 1), _steps(b_tm, rows, 2)
-            h = state[rows]
-            for start in range(0, length, segment):
-                seg = slice(start, min(start + segment, length))
-                steps = seg.stop - start
-                states = scratch["states"][:steps]
-                checkpoints[start // segment, rows].copy_(h)
-                decays = _decays_into(scratch["decays"][:steps], dt_tm[seg, rows].unsqueeze(2), A_t, log2)
-                _advance(h, states, decays, v_s, b_s, start)
-                y[seg, rows] = _over_states(c_tm[seg, rows], states)  # y_t = C_t^T h_t
+        state = layout.split_state(h0)  # [blocks, b, N, D], advanced block by block into the final state
+        checkpoints = state.new_empty(layout.blocks, layout.segments, *state.shape[1:])  # each segment's start
+        y = torch.empty_like(v_l)
+        states, decays = (state.new_empty(layout.steps, *state.shape[1:]) for _ in range(2))
+        for j in range(layout.blocks):
+            h = state[j]
+            for k in range(layout.segments):
+                checkpoints[j, k].copy_(h)
+                _advance(h, states, _decays_into(decays, dt_l[j, k].unsqueeze(2), A_t, log2), v_l[j, k], b_l[j, k])
+                _over_states(c_l[j, k], states, y[j, k])  # y_t = C_t^T h_t
                 h = states[-1]
-            state[rows].copy_(h)
-        ctx.save_for_backward(v_tm, dt_tm, A_t, b_tm, c_tm, checkpoints)
-        ctx.log2 = log2
-        ctx.negative, ctx.segment, ctx.block = negative, segment, block
-        return y.transpose(0, 1), state.transpose(1, 2)
+            state[j].copy_(h)
+        ctx.save_for_backward(v_l, dt_l, A_t, b_l, c_l, checkpoints)
+        ctx.layout, ctx.log2, ctx.negative = layout, log2, negative
+        return layout.join(y), layout.join_state(state)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_y, g_final):
-        v_tm, dt_tm, A_t, b_tm, c_tm, checkpoints = ctx.saved_tensors
-        length, batch = v_tm.shape[:2]
-        g_y = torch.zeros_like(v_tm) if g_y is None else g_y.transpose(0, 1).contiguous()
-        # [B, N, D]: the final state's gradient, carried back in place to the initial state's
-        g_state = (checkpoints.new_zeros(checkpoints.shape[1:]) if g_final is None
-                   else g_final.transpose(1, 2).contiguous())
-        grads = {name: torch.empty_like(x) for name, x in (("v", v_tm), ("dt", dt_tm), ("B", b_tm), ("C", c_tm))}
-        size = min(ctx.segment, length)
-        rows_per_block = ctx.block or _rows_per_block(batch, g_state, buffers=2 * size + 1)
-        buffers = _Buffers(g_state, rows_per_block, {"states": size, "decays": size, "g_A": 1})
-        g_A = None
-        for rows in _row_blocks(batch, rows_per_block):
-            scratch = buffers.take(rows.stop - rows.start)
-            g_A_rows = _SelectiveScan._backward_rows(ctx, rows, (v_tm, dt_tm, b_tm, c_tm, g_y), grads,
-                                                     g_state[rows], checkpoints[:, rows], A_t, scratch)
-            g_A = g_A_rows.sum(0) if g_A is None else g_A.add_(g_A_rows.sum(0))
-        back = lambda x: x.transpose(0, 1)  # noqa: E731
-        return (back(grads["v"]), back(grads["dt"]), g_A.t(), back(grads["B"]), back(grads["C"]),
-                g_state.transpose(1, 2), None, None, None)
+        v_l, dt_l, A_t, b_l, c_l, checkpoints = ctx.saved_tensors
+        layout = ctx.layout
+        g_y = torch.zeros_like(v_l) if g_y is None else layout.split(g_y)
+        # [blocks, b, N, D]: the final state's gradient, carried back in place to the initial state's
+        g_state = (checkpoints.new_zeros(checkpoints.shape[:1] + checkpoints.shape[2:]) if g_final is None
+                   else layout.split_state(g_final))
+        grads = {name: torch.empty_like(x) for name, x in (("v", v_l), ("dt", dt_l), ("B", b_l), ("C", c_l))}
+        scratch = [g_state.new_empty(layout.steps, *g_state.shape[1:]) for _ in range(2)]
+        g_A = g_state.new_zeros(g_state.shape[1:])  # the sum over t and blocks of g_z dt_t: [b, N, D]
+        for j in range(layout.blocks):
+            for k in reversed(range(layout.segments)):
+                inputs = (v_l[j, k], dt_l[j, k], b_l[j, k], c_l[j, k], g_y[j, k])
+                _SelectiveScan._backward_segment(ctx, inputs, {name: g[j, k] for name, g in grads.items()},
+                                                 g_state[j], checkpoints[j, k], A_t, g_A, scratch)
+        return (layout.join(grads["v"]), layout.join(grads["dt"]), g_A.sum(0).t(), layout.join(grads["B"]),
+                layout.join(grads["C"]), layout.join_state(g_state), None, None, None)
 
     @staticmethod
-    def _backward_rows(ctx, rows: slice, inputs, grads: dict[str, torch.Tensor], g_h: torch.Tensor,
-                       checkpoints: torch.Tensor, A_t: torch.Tensor, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The adjoint scan over the batch ``rows``, one segment at a time from the last: fills their slices
-        of ``grads`` (time-major), carries ``g_h`` [b, N, D] from the final state's gradient back to the
-        initial state's, and returns the rows' sum over t of ``g_z dt_t`` [b, N, D] (g_A before the sum
-        over rows).
+    def _backward_segment(ctx, inputs, grads: dict[str, torch.Tensor], g_h: torch.Tensor, h: torch.Tensor,
+                          A_t: torch.Tensor, g_A: torch.Tensor, scratch: list[torch.Tensor]) -> None:
+        """The adjoint scan over one segment of one block: fills ``grads`` (v, dt, B, C: the segment's
+        [S, b, K] slabs), carries ``g_h`` [b, N, D] from the gradient of the segment's last state back to
+        that of the state ``h`` before it, and adds the segment's sum of ``g_z dt_t`` into g_A [b, N, D].
 
         Per step only what depends on the next step's g_h runs: ``G_t = g_h + C_t g_y_t`` (the full
         gradient of h_t), the carry ``g_h = a_t G_t`` and ``g_z_t = G_t h_{t-1} a'_t``. G_t overwrites the
         recomputed h_t, no longer needed once step t + 1 is done, and g_z_t the decay a_t; the segment's
         gradients of v, B, dt and A then come from them in a few batched ops.
         """
-        v_tm, dt_tm, b_tm, c_tm, g_y = inputs
-        g_A = scratch["g_A"][0].zero_()
-        negative, segment, log2 = ctx.negative, ctx.segment, ctx.log2
-        v_s, b_s, c_s, g_y_s = (_steps(v_tm, rows, 1), _steps(b_tm, rows, 2), _steps(c_tm, rows, 2),
-                                _steps(g_y, rows, 1))
-        length = len(v_s)
-        for start in reversed(range(0, length, segment)):
-            seg = slice(start, min(start + segment, length))
-            steps = seg.stop - start
-            states, dt_seg = scratch["states"][:steps], dt_tm[seg, rows].unsqueeze(2)  # [S, b, 1, D]
-            h = checkpoints[start // segment]  # recompute the segment's states and decays from it
-            decays = _decays_into(scratch["decays"][:steps], dt_seg, A_t, log2)
-            _advance(h, states, decays, v_s, b_s, start)
-            grads["C"][seg, rows] = _over_channels(g_y[seg, rows], states)  # g_C_t = h_t g_y_t
-            for i in reversed(range(steps)):
-                t, h_prev, full = start + i, (states[i - 1] if i else h), states[i]
-                torch.addcmul(g_h, c_s[t], g_y_s[t], out=full)  # G_t = g_h + C_t g_y_t, over h_t
-                torch.mul(full, decays[i], out=g_h)  # carried to step t - 1
-                # g_z_t = G_t h_{t-1} a'_t with a' = da/d(dt A) = a ([0, 1]) or a + 1 ([-1, 1]), over a_t
-                if negative:
-                    torch.mul(full, h_prev, out=decays[i]).addcmul_(g_h, h_prev)
-                else:
-                    torch.mul(g_h, h_prev, out=decays[i])
-            full, g_z = states, decays
-            # g_v_t = B_t^T G_t, g_B_t = G_t v_t, g_dt_t = sum_n g_z_t A, g_A += sum_t g_z_t dt_t
-            grads["v"][seg, rows] = _over_states(b_tm[seg, rows], full)
-            grads["B"][seg, rows] = _over_channels(v_tm[seg, rows], full)
-            grads["dt"][seg, rows] = torch.mul(g_z, A_t, out=full).sum(2)
-            g_A.add_(torch.mul(g_z, dt_seg, out=full).sum(0))
-        return g_A
+        v, dt, b, c, g_y = inputs
+        states, decays = scratch
+        dt = dt.unsqueeze(2)  # [S, b, 1, D]
+        decays = _decays_into(decays, dt, A_t, ctx.log2)  # recompute the segment's decays and states
+        _advance(h, states, decays, v, b)
+        _over_channels(g_y, states, grads["C"])  # g_C_t = h_t g_y_t
+        per_step = zip((h, *states.unbind(0)), states.unbind(0), decays.unbind(0), c.unsqueeze(-1).unbind(0),
+                       g_y.unsqueeze(-2).unbind(0))
+        for h_prev, full, a, c_t, g_y_t in reversed(list(per_step)):
+            torch.addcmul(g_h, c_t, g_y_t, out=full)  # G_t = g_h + C_t g_y_t, over h_t
+            torch.mul(full, a, out=g_h)  # carried to step t - 1
+            # g_z_t = G_t h_{t-1} a'_t with a' = da/d(dt A) = a ([0, 1]) or a + 1 ([-1, 1]), over a_t
+            if ctx.negative:
+                torch.mul(full, h_prev, out=a).addcmul_(g_h, h_prev)
+            else:
+                torch.mul(g_h, h_prev, out=a)
+        full, g_z = states, decays
+        _over_states(b, full, grads["v"])  # g_v_t = B_t^T G_t
+        _over_channels(v, full, grads["B"])  # g_B_t = G_t v_t
+        torch.sum(torch.mul(g_z, A_t, out=full), dim=2, out=grads["dt"])  # g_dt_t = sum_n g_z_t A
+        g_A.add_(torch.mul(g_z, dt, out=full).sum(0))  # g_A += sum_t g_z_t dt_t
