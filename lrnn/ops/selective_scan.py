@@ -8,19 +8,22 @@ V = 1 case of ``decay_recurrence`` with heads = channels)::
 
 ``decay_recurrence(mode="recurrent")`` computes the same through autograd, which keeps every step's
 [B, D, N] state and the [B, T, D, N] decays (their log, sign and exponential) for the backward pass:
-on a CPU that traffic, not arithmetic, is the cost. ``selective_scan`` computes each step's decay
-from ``dt`` and ``A`` inside the loop, saves only the state at the start of every ``segment`` steps,
-and in backward recomputes one segment's states at a time before running the adjoint scan over it::
+on a CPU that traffic, not arithmetic, is the cost. ``selective_scan`` forms the decays from ``dt`` and
+``A`` inside, saves only the state at the start of every segment of ``S`` steps, and in backward
+recomputes one segment's states at a time before running the adjoint scan over it::
 
-    g_h_t = g_y_t[d] C_t[n] + a_{t+1} g_h_{t+1}      (g_h after the last step: the final state's gradient)
-    g_a_t = g_h_t h_{t-1}    g_v_t[d] = sum_n g_h_t B_t[n]    g_B_t[n] = sum_d g_h_t v_t[d]
-    g_C_t[n] = sum_d g_y_t[d] h_t[d, n]    g_dt_t[d] = sum_n g_a_t a'_t A    g_A = sum_{b, t} g_a_t a'_t dt_t
+    G_t = g_y_t[d] C_t[n] + g_h_t       (the full gradient of h_t; g_h after the last step: the final state's)
+    g_h_{t-1} = a_t G_t                  g_z_t = G_t h_{t-1} a'_t       (g_z: the gradient of dt_t A)
+    g_v_t[d] = sum_n G_t B_t[n]    g_B_t[n] = sum_d G_t v_t[d]    g_C_t[n] = sum_d g_y_t[d] h_t[d, n]
+    g_dt_t[d] = sum_n g_z_t A      g_A = sum_{b, t} g_z_t dt_t
 
-with ``a' = da/d(dt A)`` = e_t ([0, 1]) or 2 e_t ([-1, 1]), and ``g_h_0 = a_1 g_h_1`` for the initial
-state. Memory beyond the inputs: ``T / S`` checkpoints kept from forward to backward, and ``2 S`` states
-of [B, D, N] while backward recomputes one segment of S steps; the default ``S = ceil(sqrt(T / 2))``
-minimises the total ``T / S + 2 S``. The tests check outputs and every gradient against
-``decay_recurrence``.
+with ``a' = da/d(dt A)`` = e_t ([0, 1]) or 2 e_t ([-1, 1]); the initial state's gradient is the carried
+``g_h_0``. Only the recurrences for h and g_h run step by step; the decays, the outputs and the gradients
+of v, B, C, dt and A are batched ops over a whole segment. On a CPU the batch runs in blocks of rows sized
+so that a block's few state buffers stay in cache (an element-wise pass over a whole-batch state is
+memory-bound), each (block, segment) a contiguous slab. Memory beyond the inputs: ``T / S`` checkpoints
+kept from forward to backward, and ``2 S`` states of a block while backward recomputes a segment; the
+default ``S = ceil(sqrt(T / 2))``. The tests check outputs and every gradient against ``decay_recurrence``.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ def selective_scan(v: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         negative_eigenvalues: decays ``2 exp(dt A) - 1`` in [-1, 1] instead of ``exp(dt A)`` in [0, 1].
         initial_state: [B, D, N] or None (zeros).
         output_final_state: also return the state after the last step.
-        segment: steps between the states forward keeps for backward, which recomputes the steps in
-            between (None: ``ceil(sqrt(T / 2))``, the fewest states held: T / segment + 2 segment).
+        segment: at most this many steps between the states forward keeps for backward, which recomputes
+            the steps in between (None: ``ceil(sqrt(T / 2))``, the fewest states held: T / segment + 2 segment).
+        block: batch rows scanned together (None: on a CPU as many as keep a block's buffers in cache,
+            elsewhere the whole batch). It changes the speed, not the result.
 
     Returns:
         ``(y, final_state)``: y [B, T, D] in the dtype of ``v``; the final state [B, D, N] in float32
