@@ -5,6 +5,8 @@ the decays in log space (``negative_range`` for [-1, 1]), the path Mamba took be
 final state and the gradients of every input (initial state included) must agree.
 """
 
+import sys
+
 import pytest
 import torch
 
@@ -105,3 +107,27 @@ def test_rejects_bad_arguments(change, match):
                    "negative_eigenvalues": False})
     with pytest.raises((ValueError, TypeError), match=match):
         selective_scan(args.pop("v"), args.pop("dt"), args.pop("A"), args.pop("B"), args.pop("C"), **args)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_default_blocks_follow_the_cache_budget(monkeypatch, negative):
+    """With no ``block`` the rows per block come from the cache budget: a budget of two rows' buffers
+    splits a batch of 5 into 3 blocks (the last one padded), and the results still match the reference."""
+    scan_module = sys.modules["lrnn.ops.selective_scan"]
+    inputs = _inputs(5, 11, 6, 4, torch.float64, seed=3)
+    steps = 4  # segment 4 at T 11: 3 segments of 4 steps (the last one padded)
+    row_bytes = (2 * steps + 2) * 4 * 6 * 8  # the backward pass's buffers, per row: float64 [N, D] states
+    monkeypatch.setattr(scan_module, "_CACHE_BYTES", 2 * row_bytes)
+    layout = scan_module._layout(inputs[0], 4, 4, None)
+    assert (layout.blocks, layout.rows, layout.segments, layout.steps) == (3, 2, 3, 4)
+    g_y = torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g_final = torch.randn(*inputs[5].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def fast(v, dt, A, B, C, h0):
+        return selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, initial_state=h0,
+                              output_final_state=True, segment=4)
+
+    got = _outputs_and_grads(fast, inputs, g_y, g_final)
+    want = _outputs_and_grads(lambda *x: _reference(*x, negative), inputs, g_y, g_final)
+    for a, b in zip(got, want):
+        assert _relative(a, b) < TOLERANCES[torch.float64]
