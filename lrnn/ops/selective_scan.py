@@ -116,11 +116,11 @@ def _decays_into(out: torch.Tensor, dt: torch.Tensor, A_t: torch.Tensor, log2: t
 
 def _advance(h: torch.Tensor, states: torch.Tensor, decays: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> None:
     """A segment's states from the state h [b, N, D] before it: ``states[i] = decays[i] states[i - 1] +
-    B_i v_i`` with ``states[-1]`` read as h. states, decays [S, b, N, D]; v [S, b, D]; b (B) [S, b, N]."""
-    steps = zip((h, *states.unbind(0)), decays.unbind(0), states.unbind(0), b.unsqueeze(-1).unbind(0),
-                v.unsqueeze(-2).unbind(0))
-    for before, a, after, b_i, v_i in steps:
-        torch.mul(before, a, out=after).addcmul_(b_i, v_i)
+    B_i v_i`` with ``states[-1]`` read as h. states, decays [S, b, N, D]; v [S, b, D]; b (B) [S, b, N].
+    The inputs ``B_i v_i`` of the whole segment first (one op), then one op per step."""
+    torch.mul(b.unsqueeze(-1), v.unsqueeze(-2), out=states)
+    for before, a, after in zip((h, *states.unbind(0)), decays.unbind(0), states.unbind(0)):
+        after.addcmul_(before, a)
 
 
 def _over_states(x: torch.Tensor, states: torch.Tensor, out: torch.Tensor) -> None:
@@ -215,7 +215,7 @@ class _SelectiveScan(torch.autograd.Function):
         for j in range(layout.blocks):
             h = state[j]
             for k in range(layout.segments):
-                checkpoints[j, k].copy_(h)
+                h = checkpoints[j, k].copy_(h)  # the segment starts from its checkpoint: states[-1] is rewritten
                 _advance(h, states, _decays_into(decays, dt_l[j, k].unsqueeze(2), A_t, log2), v_l[j, k], b_l[j, k])
                 _over_states(c_l[j, k], states, y[j, k])  # y_t = C_t^T h_t
                 h = states[-1]
