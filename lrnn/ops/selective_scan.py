@@ -209,29 +209,32 @@ class _SelectiveScan(torch.autograd.Function):
         A_t = A.t().contiguous()  # [N, D]
         log2 = torch.full_like(A_t, math.log(2.0)) if negative else None
         state = layout.split_state(h0)  # [blocks, b, N, D], advanced block by block into the final state
-        checkpoints = state.new_empty(layout.blocks, layout.segments, *state.shape[1:])  # each segment's start
+        # each segment's start, one tensor per block: ~1 MiB allocations that malloc serves from memory it
+        # keeps, where one [blocks, segments, b, N, D] tensor of tens of MiB is fresh memory each call
+        # (a page fault per 4 KiB: it measured ~1 ms per MiB, a tenth of the forward pass)
+        checkpoints = [state.new_empty(layout.segments, *state.shape[1:]) for _ in range(layout.blocks)]
         y = torch.empty_like(v_l)
         states, decays = (state.new_empty(layout.steps, *state.shape[1:]) for _ in range(2))
         for j in range(layout.blocks):
             h = state[j]
             for k in range(layout.segments):
-                h = checkpoints[j, k].copy_(h)  # the segment starts from its checkpoint: states[-1] is rewritten
+                h = checkpoints[j][k].copy_(h)  # the segment starts from its checkpoint: states[-1] is rewritten
                 _advance(h, states, _decays_into(decays, dt_l[j, k].unsqueeze(2), A_t, log2), v_l[j, k], b_l[j, k])
                 _over_states(c_l[j, k], states, y[j, k])  # y_t = C_t^T h_t
                 h = states[-1]
             state[j].copy_(h)
-        ctx.save_for_backward(v_l, dt_l, A_t, b_l, c_l, checkpoints)
+        ctx.save_for_backward(v_l, dt_l, A_t, b_l, c_l, *checkpoints)
         ctx.layout, ctx.log2, ctx.negative = layout, log2, negative
         return layout.join(y), layout.join_state(state)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_y, g_final):
-        v_l, dt_l, A_t, b_l, c_l, checkpoints = ctx.saved_tensors
+        v_l, dt_l, A_t, b_l, c_l, *checkpoints = ctx.saved_tensors
         layout = ctx.layout
         g_y = torch.zeros_like(v_l) if g_y is None else layout.split(g_y)
         # [blocks, b, N, D]: the final state's gradient, carried back in place to the initial state's
-        g_state = (checkpoints.new_zeros(checkpoints.shape[:1] + checkpoints.shape[2:]) if g_final is None
+        g_state = (v_l.new_zeros(layout.blocks, *checkpoints[0].shape[1:]) if g_final is None
                    else layout.split_state(g_final))
         grads = {name: torch.empty_like(x) for name, x in (("v", v_l), ("dt", dt_l), ("B", b_l), ("C", c_l))}
         scratch = [g_state.new_empty(layout.steps, *g_state.shape[1:]) for _ in range(2)]
@@ -240,7 +243,7 @@ class _SelectiveScan(torch.autograd.Function):
             for k in reversed(range(layout.segments)):
                 inputs = (v_l[j, k], dt_l[j, k], b_l[j, k], c_l[j, k], g_y[j, k])
                 _SelectiveScan._backward_segment(ctx, inputs, {name: g[j, k] for name, g in grads.items()},
-                                                 g_state[j], checkpoints[j, k], A_t, g_A, scratch)
+                                                 g_state[j], checkpoints[j][k], A_t, g_A, scratch)
         return (layout.join(grads["v"]), layout.join(grads["dt"]), g_A.sum(0).t(), layout.join(grads["B"]),
                 layout.join(grads["C"]), layout.join_state(g_state), None, None, None)
 
