@@ -136,9 +136,10 @@ def _over_channels(x: torch.Tensor, states: torch.Tensor, out: torch.Tensor) -> 
     torch.bmm(x.view(rows, 1, d), states.view(rows, n, d).transpose(1, 2), out=out.view(rows, 1, n))
 
 
-# The working set a block of batch rows may take: about the 2 MiB per-core L2 of the machine the numbers
-# in docs/benchmarks.md come from. An element-wise pass over a [256, 16, 256] float32 state (4 MiB, past
-# L2) measured ~10x slower per element there than over blocks of 8-32 rows that stay in L2.
+# The working set a block of batch rows may take per intra-op thread: 1.5 MiB, most of the 2 MiB per-core
+# L2 of the machine the numbers in docs/benchmarks.md come from (tuned there, one thread: 0.75-6 MiB were
+# within noise, 1.5 best or tied). An element-wise pass over a [256, 16, 256] float32 state (4 MiB, past
+# L2) measured ~9x slower per element there than over blocks of 8-32 rows that stay in L2.
 _CACHE_BYTES = 3 << 19
 
 
@@ -176,14 +177,15 @@ class _Layout:
 
 def _layout(v: torch.Tensor, d_state: int, segment: int, block: int | None) -> _Layout:
     """The blocks for v [B, T, D]: ``block`` rows, or on a CPU as many as keep the backward pass's buffers
-    (``2 S + 2`` states of [rows, N, D]) within ``_CACHE_BYTES``; one block elsewhere, where one launch
+    (``2 S + 2`` states of [rows, N, D]) within ``_CACHE_BYTES`` per intra-op thread (an op over a block
+    splits it between the threads; only one thread was measured); one block elsewhere, where one launch
     per op over everything is what counts."""
     batch, length, channels = v.shape
     if block is None:
         if v.device.type == "cpu":
             steps = -(-length // -(-length // segment))
             row_bytes = (2 * steps + 2) * d_state * channels * v.element_size()
-            block = max(1, min(batch, _CACHE_BYTES // row_bytes))
+            block = max(1, min(batch, _CACHE_BYTES * torch.get_num_threads() // row_bytes))
         else:
             block = batch
     return _Layout(batch, length, block, segment)

@@ -111,15 +111,18 @@ def test_rejects_bad_arguments(change, match):
 
 @pytest.mark.parametrize("negative", [False, True])
 def test_default_blocks_follow_the_cache_budget(monkeypatch, negative):
-    """With no ``block`` the rows per block come from the cache budget: a budget of two rows' buffers
-    splits a batch of 5 into 3 blocks (the last one padded), and the results still match the reference."""
+    """With no ``block`` the rows per block come from the cache budget (per intra-op thread): a budget of
+    two rows' buffers per thread splits a batch of 5 per thread into 3 blocks (the last one padded), and
+    the results still match the reference."""
     scan_module = sys.modules["lrnn.ops.selective_scan"]
-    inputs = _inputs(5, 11, 6, 4, torch.float64, seed=3)
+    threads = torch.get_num_threads()
+    inputs = _inputs(5 * threads, 11, 6, 4, torch.float64, seed=3)
     steps = 4  # segment 4 at T 11: 3 segments of 4 steps (the last one padded)
     row_bytes = (2 * steps + 2) * 4 * 6 * 8  # the backward pass's buffers, per row: float64 [N, D] states
     monkeypatch.setattr(scan_module, "_CACHE_BYTES", 2 * row_bytes)
     layout = scan_module._layout(inputs[0], 4, 4, None)
-    assert (layout.blocks, layout.rows, layout.segments, layout.steps) == (3, 2, 3, 4)
+    assert (layout.blocks, layout.segments, layout.steps) == (3, 3, 4)
+    assert layout.blocks * layout.rows > 5 * threads  # a padded last block
     g_y = torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     g_final = torch.randn(*inputs[5].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
