@@ -254,7 +254,7 @@ class Mamba(nn.Module):
             y = _selective_scan(dt * x, dt, -torch.exp(self.A_log), bmat, cmat, self.negative_eigenvalues, state)
         else:
             y = _scan(*self._as_recurrence(x, dt, bmat, cmat, seq_starts), state, mode, self.chunk_size).squeeze(-1)
-        y = y + x * self.D.to(x.dtype)
+        y = torch.addcmul(y, x, self.D.to(x.dtype))  # + D x, one pass
         if self.reorder is not None:  # back to the original positions (approximately; exactly as tau -> 0)
             y = order.transpose(-1, -2) @ y
         y = y * F.silu(z)

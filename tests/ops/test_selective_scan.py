@@ -5,6 +5,8 @@ the decays in log space (``negative_range`` for [-1, 1]), the path Mamba took be
 final state and the gradients of every input (initial state included) must agree.
 """
 
+import sys
+
 import pytest
 import torch
 
@@ -46,16 +48,18 @@ def _relative(a, b):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("negative", [False, True])
-@pytest.mark.parametrize("length,segment", [(1, 64), (13, 64), (13, 4), (17, 5)])
-def test_matches_the_sequential_reference(dtype, negative, length, segment):
-    inputs = _inputs(3, length, 6, 4, dtype)
+@pytest.mark.parametrize("length,segment,block", [(1, 64, None), (13, 64, None), (13, 4, None), (17, 5, None),
+                                                  (13, 4, 2), (17, 5, 1), (9, 3, 3)])
+def test_matches_the_sequential_reference(dtype, negative, length, segment, block):
+    """``block`` rows at a time: 2 of 5 leaves a last block of 1 row, 1 scans row by row, 3 is one block."""
+    inputs = _inputs(5 if block else 3, length, 6, 4, dtype)
     gen = torch.Generator().manual_seed(1)
-    g_y = torch.randn(3, length, 6, generator=gen, dtype=torch.float64).to(dtype)
-    g_final = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64).to(dtype)
+    g_y = torch.randn(*inputs[0].shape, generator=gen, dtype=torch.float64).to(dtype)
+    g_final = torch.randn(*inputs[5].shape, generator=gen, dtype=torch.float64).to(dtype)
 
     def fast(v, dt, A, B, C, h0):
         return selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, initial_state=h0,
-                              output_final_state=True, segment=segment)
+                              output_final_state=True, segment=segment, block=block)
 
     got = _outputs_and_grads(fast, inputs, g_y, g_final)
     want = _outputs_and_grads(lambda *x: _reference(*x, negative), inputs, g_y, g_final)
@@ -94,6 +98,8 @@ def test_empty_sequence_keeps_the_state():
     (lambda a: {**a, "segment": 0}, "segment must be >= 1, got 0"),
     (lambda a: {**a, "segment": 1.5}, "segment must be an int >= 1, got 1.5"),
     (lambda a: {**a, "negative_eigenvalues": 1}, "negative_eigenvalues"),
+    (lambda a: {**a, "block": 0}, "block must be >= 1, got 0"),
+    (lambda a: {**a, "block": 2.0}, "block must be an int >= 1, got 2.0"),
 ])
 def test_rejects_bad_arguments(change, match):
     v, dt, A, B, C, _ = (x.detach() for x in _inputs(2, 4, 5, 3, torch.float32))
@@ -101,3 +107,30 @@ def test_rejects_bad_arguments(change, match):
                    "negative_eigenvalues": False})
     with pytest.raises((ValueError, TypeError), match=match):
         selective_scan(args.pop("v"), args.pop("dt"), args.pop("A"), args.pop("B"), args.pop("C"), **args)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_default_blocks_follow_the_cache_budget(monkeypatch, negative):
+    """With no ``block`` the rows per block come from the cache budget (per intra-op thread): a budget of
+    two rows' buffers per thread splits a batch of 5 per thread into 3 blocks (the last one padded), and
+    the results still match the reference."""
+    scan_module = sys.modules["lrnn.ops.selective_scan"]
+    threads = torch.get_num_threads()
+    inputs = _inputs(5 * threads, 11, 6, 4, torch.float64, seed=3)
+    steps = 4  # segment 4 at T 11: 3 segments of 4 steps (the last one padded)
+    row_bytes = (2 * steps + 2) * 4 * 6 * 8  # the backward pass's buffers, per row: float64 [N, D] states
+    monkeypatch.setattr(scan_module, "_CACHE_BYTES", 2 * row_bytes)
+    layout = scan_module._layout(inputs[0], 4, 4, None)
+    assert (layout.blocks, layout.segments, layout.steps) == (3, 3, 4)
+    assert layout.blocks * layout.rows > 5 * threads  # a padded last block
+    g_y = torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g_final = torch.randn(*inputs[5].shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def fast(v, dt, A, B, C, h0):
+        return selective_scan(v, dt, A, B, C, negative_eigenvalues=negative, initial_state=h0,
+                              output_final_state=True, segment=4)
+
+    got = _outputs_and_grads(fast, inputs, g_y, g_final)
+    want = _outputs_and_grads(lambda *x: _reference(*x, negative), inputs, g_y, g_final)
+    for a, b in zip(got, want):
+        assert _relative(a, b) < TOLERANCES[torch.float64]
