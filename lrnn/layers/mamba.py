@@ -22,8 +22,8 @@ from lrnn.layers.registry import MixerSpec, register
 from lrnn.layers.reorder import ImportanceReorder
 from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
 from lrnn.validation import check_flag, check_positive
-from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, negative_range, reset_at_starts,
-                      selective_scan, tree_decay_recurrence)
+from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, expand_groups, negative_range,
+                      reset_at_starts, selective_scan, tree_decay_recurrence)
 
 State = dict[str, torch.Tensor]
 
@@ -124,8 +124,10 @@ class Mamba2(nn.Module):
         """
         seq_starts = document_starts(seq_starts, hidden, mask)
         mode = scan_mode(hidden, state, mode)
+        # decay_recurrence takes B and C per group (q k^T once per group); the decode step takes them per head
         z, x, bmat, cmat, dt, log_a, negative = self._features(
-            hidden, mask, seq_starts, lambda xbc: run_short_conv(self.conv1d, xbc, state, "conv", mode, seq_starts))
+            hidden, mask, seq_starts, lambda xbc: run_short_conv(self.conv1d, xbc, state, "conv", mode, seq_starts),
+            grouped=mode != "step")
         y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
         return self._output(y, x, z)
 
@@ -140,11 +142,12 @@ class Mamba2(nn.Module):
         return self._output(y, x, z)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
-                  short_conv: Callable[[torch.Tensor], torch.Tensor]):
+                  short_conv: Callable[[torch.Tensor], torch.Tensor], grouped: bool = False):
         """The SSD scan's inputs from hidden [B, T, d_model], shared by the sequence and tree paths (which
-        differ in how ``short_conv(xbc)`` runs): z [B, T, d_inner], x [B, T, H, P], B and C [B, T, H, N] (the
-        heads of a group share its B and C: with one group a stride-0 view, not an [B, T, H, N] copy), dt
-        [B, T, H], and the signed log decay (``_signed_log_decay``; 0 on padding and at ``seq_starts``)."""
+        differ in how ``short_conv(xbc)`` runs): z [B, T, d_inner], x [B, T, H, P], B and C [B, T, G, N] if
+        ``grouped`` else [B, T, H, N] (the heads of a group share its B and C: ``expand_groups``, with one
+        group a stride-0 view), dt [B, T, H], and the signed log decay (``_signed_log_decay``; 0 on padding
+        and at ``seq_starts``)."""
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
@@ -156,8 +159,9 @@ class Mamba2(nn.Module):
         dt = masked(dt, mask)  # dt = 0 on padding: decay 1, no input
         log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues,
                                             seq_starts)
-        bmat = bmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
-        cmat = cmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
+        bmat, cmat = bmat.reshape(b, t, g, n), cmat.reshape(b, t, g, n)
+        if not grouped:
+            bmat, cmat = expand_groups(bmat, h), expand_groups(cmat, h)
         return z, x.reshape(b, t, h, p), bmat, cmat, dt, log_a, negative
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
