@@ -58,6 +58,12 @@ def short_conv(
     if seq_starts is not None:
         _checks.check_seq_starts(seq_starts, b, t, x)
     history = x.new_zeros(b, width - 1, d) if initial_state is None else initial_state.to(x.dtype)
+    if t > 0 and mode == "chunk" and initial_state is None and seq_starts is None:  # the training path
+        y = _ZeroHistoryConv.apply(x, weight, bias, activation == "silu")
+        final = None
+        if output_final_state:
+            final = torch.cat([history, x], dim=1)[:, t:].clone(memory_format=torch.contiguous_format)
+        return y, final
     padded = torch.cat([history, x], dim=1)  # [B, W-1+T, D]
     taps = None if seq_starts is None else _document_taps(seq_starts, width).to(x.dtype)  # [B, T, W]
     if t > 0 and mode == "chunk":
@@ -86,6 +92,44 @@ def short_conv(
         if seq_starts is not None and t > 0:  # the next call continues the last document only
             final = final * _last_document_history(seq_starts, width).to(final.dtype)
     return y, final
+
+
+class _ZeroHistoryConv(torch.autograd.Function):
+    """The chunked short conv from a zero history, with its own backward (the training path).
+
+    ``y = act(bias + sum_lag weight[:, W-1-lag] * x_{t-lag})``, lag = 0..W-1 (inputs before the sequence
+    are 0). Each tap is a multiply-add into a shifted slice of one buffer: no padded copy of x, and the
+    backward writes the input gradient the same way instead of W zero-filled padded gradients (one per
+    tap's slice) summed by autograd. Saves x and the pre-activation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
+        width, t = weight.shape[1], x.shape[1]
+        pre = x * weight[:, -1] if bias is None else torch.addcmul(bias, x, weight[:, -1])
+        for lag in range(1, min(width, t + 1)):
+            pre[:, lag:].addcmul_(x[:, :t - lag], weight[:, width - 1 - lag])
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        ctx.save_for_backward(x, weight, pre if silu else None)
+        return F.silu(pre) if silu else pre
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, pre = ctx.saved_tensors
+        width, t = weight.shape[1], x.shape[1]
+        grad_pre = torch.ops.aten.silu_backward(grad, pre) if ctx.silu else grad
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # x_s feeds y_{s+lag} through weight[:, W-1-lag]
+            grad_x = grad_pre * weight[:, -1]
+            for lag in range(1, min(width, t + 1)):
+                grad_x[:, :t - lag].addcmul_(grad_pre[:, lag:], weight[:, width - 1 - lag])
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight)
+            for lag in range(min(width, t + 1) if t else 0):
+                grad_weight[:, width - 1 - lag] = torch.sum(grad_pre[:, lag:] * x[:, :t - lag], dim=(0, 1))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_pre.sum(dim=(0, 1))
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _document_taps(seq_starts: torch.Tensor, width: int) -> torch.Tensor:
