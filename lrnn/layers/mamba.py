@@ -150,7 +150,7 @@ class Mamba2(nn.Module):
         and at ``seq_starts``)."""
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
+        z, xbc, dt = self._in_proj_parts(hidden)
         xbc = short_conv(masked(xbc, mask))
         x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
@@ -163,6 +163,16 @@ class Mamba2(nn.Module):
         if not grouped:
             bmat, cmat = expand_groups(bmat, h), expand_groups(cmat, h)
         return z, x.reshape(b, t, h, p), bmat, cmat, dt, log_a, negative
+
+    def _in_proj_parts(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """``in_proj(hidden)`` split into z [B, T, d_inner], xBC [B, T, d_inner + 2GN] and dt [B, T, H], as three
+        products with row blocks of its weight (one ``in_proj``, as mamba_ssm checkpoints store it): the
+        backward then joins weight-sized gradient blocks instead of copying three activation gradients
+        into one [B, T, 2 d_inner + 2GN + H] tensor."""
+        sizes = [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads]
+        weights = self.in_proj.weight.split(sizes)
+        biases = [None] * 3 if self.in_proj.bias is None else self.in_proj.bias.split(sizes)
+        return [F.linear(hidden, weight, bias) for weight, bias in zip(weights, biases)]
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The scan's y [B, T, H, P] + D x, the gated norm and out_proj -> [B, T, d_model]."""
