@@ -100,15 +100,15 @@ class _ZeroHistoryConv(torch.autograd.Function):
     ``y = act(bias + sum_lag weight[:, W-1-lag] * x_{t-lag})``, lag = 0..W-1 (inputs before the sequence
     are 0). Each tap is a multiply-add into a shifted slice of one buffer: no padded copy of x, and the
     backward writes the input gradient the same way instead of W zero-filled padded gradients (one per
-    tap's slice) summed by autograd. Saves x and the pre-activation.
+    tap's slice) summed by autograd. Saves x and the pre-activation. Both directions run over blocks of
+    sequences (``_sequence_blocks``), so a block's W passes stay in cache.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
-        width, t = weight.shape[1], x.shape[1]
-        pre = x * weight[:, -1] if bias is None else torch.addcmul(bias, x, weight[:, -1])
-        for lag in range(1, min(width, t + 1)):
-            pre[:, lag:].addcmul_(x[:, :t - lag], weight[:, width - 1 - lag])
+        pre = torch.empty_like(x)
+        for rows in _sequence_blocks(x):
+            _taps_into(pre[rows], x[rows], weight, bias)
         ctx.silu, ctx.has_bias = silu, bias is not None
         ctx.save_for_backward(x, weight, pre if silu else None)
         return F.silu(pre) if silu else pre
@@ -117,19 +117,52 @@ class _ZeroHistoryConv(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight, pre = ctx.saved_tensors
         width, t = weight.shape[1], x.shape[1]
-        grad_pre = torch.ops.aten.silu_backward(grad, pre) if ctx.silu else grad
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # x_s feeds y_{s+lag} through weight[:, W-1-lag]
-            grad_x = grad_pre * weight[:, -1]
-            for lag in range(1, min(width, t + 1)):
-                grad_x[:, :t - lag].addcmul_(grad_pre[:, lag:], weight[:, width - 1 - lag])
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(weight)
-            for lag in range(min(width, t + 1) if t else 0):
-                grad_weight[:, width - 1 - lag] = torch.sum(grad_pre[:, lag:] * x[:, :t - lag], dim=(0, 1))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_pre.sum(dim=(0, 1))
+        lags = range(min(width, t + 1))
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(weight[:, 0]) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        for rows in _sequence_blocks(x):
+            g = torch.ops.aten.silu_backward(grad[rows], pre[rows]) if ctx.silu else grad[rows]
+            if grad_x is not None:  # x_s feeds y_{s+lag} through weight[:, W-1-lag]
+                _taps_into(grad_x[rows], g, weight, None, transposed=True)
+            if grad_weight is not None:
+                for lag in lags:
+                    grad_weight[:, width - 1 - lag] += torch.sum(g[:, lag:] * x[rows][:, :t - lag], dim=(0, 1))
+            if grad_bias is not None:
+                grad_bias += g.sum(dim=(0, 1))
         return grad_x, grad_weight, grad_bias, None
+
+
+_BLOCK_ELEMENTS = 2 ** 17
+"""Values per block of ``_ZeroHistoryConv`` on a CPU: 512 KiB in float32, so the 3-4 buffers a tap pass
+touches fit a 2 MiB L2 cache. Measured fwd+bwd at [256, 40, 512] (one thread, loaded machine): 272 ms
+unblocked, 211 / 186 / 165 ms with blocks of 2^20 / 2^18 / 2^17 values; one sequence per block (2^15)
+loses it again to per-op overhead (216 ms)."""
+
+
+def _sequence_blocks(x: torch.Tensor) -> list[slice]:
+    """Slices of whole sequences (dim 0 of x [B, T, D]) of about ``_BLOCK_ELEMENTS`` values each on a CPU;
+    one block elsewhere (a GPU wants few large kernels)."""
+    if x.device.type != "cpu":
+        return [slice(None)]
+    per_block = max(1, _BLOCK_ELEMENTS // max(1, x[0].numel()))
+    return [slice(start, start + per_block) for start in range(0, x.shape[0], per_block)]
+
+
+def _taps_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               transposed: bool = False) -> None:
+    """``out = bias + sum_lag weight[:, W-1-lag] * x_{t-lag}`` over [b, T, D] blocks (zero history);
+    ``transposed``: the adjoint, ``out_s = sum_lag weight[:, W-1-lag] * x_{s+lag}`` (zero future)."""
+    width, t = weight.shape[1], x.shape[1]
+    if bias is None:
+        torch.mul(x, weight[:, -1], out=out)
+    else:
+        torch.addcmul(bias, x, weight[:, -1], out=out)
+    for lag in range(1, min(width, t + 1)):
+        if transposed:
+            out[:, :t - lag].addcmul_(x[:, lag:], weight[:, width - 1 - lag])
+        else:
+            out[:, lag:].addcmul_(x[:, :t - lag], weight[:, width - 1 - lag])
 
 
 def _document_taps(seq_starts: torch.Tensor, width: int) -> torch.Tensor:

@@ -67,6 +67,19 @@ def test_zero_history_chunk_matches_recurrent(T, activation, bias, W):
     assert_runs_match(chunk, reference, TOL_F64)
 
 
+@pytest.mark.parametrize("per_block", [1, 2])
+def test_zero_history_in_blocks_of_sequences(monkeypatch, per_block):
+    """The training path runs over blocks of sequences (cache-sized on a CPU): with blocks of 1 or 2 of 5
+    sequences (a short last block) outputs and gradients still match the reference."""
+    import lrnn.ops.conv as conv
+    args = short_conv_inputs(B=5, T=9, D=3, W=4, initial_state=False, seed=7)
+    monkeypatch.setattr(conv, "_BLOCK_ELEMENTS", per_block * 9 * 3)
+    assert len(conv._sequence_blocks(args["x"])) == (5 if per_block == 1 else 3)
+    chunk = run_with_grads(short_conv, args, activation="silu", mode="chunk")
+    reference = run_with_grads(short_conv, args, activation="silu", mode="recurrent")
+    assert_runs_match(chunk, reference, TOL_F64)
+
+
 def test_zero_history_float32():
     """Float32 at a Mamba-2 conv's shape (many channels, T 40), no history: within the float32 tolerance."""
     args = short_conv_inputs(B=4, T=40, D=96, W=4, seed=6, dtype=F32, initial_state=False)
