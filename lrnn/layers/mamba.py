@@ -178,7 +178,7 @@ class Mamba2(nn.Module):
         """The scan's y [B, T, H, P] + D x, the gated norm and out_proj -> [B, T, d_model]."""
         b, t = z.shape[:2]
         d = self.D.reshape(self.nheads, self.headdim) if self.D_has_hdim else self.D.unsqueeze(-1)
-        y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
+        y = torch.addcmul(y, x, d.to(x.dtype)).reshape(b, t, self.d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 
