@@ -107,11 +107,14 @@ class _ZeroHistoryConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
         pre = torch.empty_like(x)
+        y = torch.empty_like(x) if silu else pre
         for rows in _sequence_blocks(x):
             _taps_into(pre[rows], x[rows], weight, bias)
+            if silu:  # while the block is in cache
+                torch.ops.aten.silu.out(pre[rows], out=y[rows])
         ctx.silu, ctx.has_bias = silu, bias is not None
         ctx.save_for_backward(x, weight, pre if silu else None)
-        return F.silu(pre) if silu else pre
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
