@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.ops import _checks
+from lrnn.ops._chunking import cache_blocks
 
 __all__ = ["short_conv", "ACTIVATIONS"]
 
@@ -101,14 +102,14 @@ class _ZeroHistoryConv(torch.autograd.Function):
     are 0). Each tap is a multiply-add into a shifted slice of one buffer: no padded copy of x, and the
     backward writes the input gradient the same way instead of W zero-filled padded gradients (one per
     tap's slice) summed by autograd. Saves x and the pre-activation. Both directions run over blocks of
-    sequences (``_sequence_blocks``), so a block's W passes stay in cache.
+    sequences (``cache_blocks``), so a block's W passes stay in cache.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
         pre = torch.empty_like(x)
         y = torch.empty_like(x) if silu else pre
-        for rows in _sequence_blocks(x):
+        for rows in cache_blocks(x):
             _taps_into(pre[rows], x[rows], weight, bias)
             if silu:  # while the block is in cache
                 torch.ops.aten.silu.out(pre[rows], out=y[rows])
@@ -124,7 +125,7 @@ class _ZeroHistoryConv(torch.autograd.Function):
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(weight[:, 0]) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        for rows in _sequence_blocks(x):
+        for rows in cache_blocks(x):
             g = torch.ops.aten.silu_backward(grad[rows], pre[rows]) if ctx.silu else grad[rows]
             if grad_x is not None:  # x_s feeds y_{s+lag} through weight[:, W-1-lag]
                 _taps_into(grad_x[rows], g, weight, None, transposed=True)
@@ -134,22 +135,6 @@ class _ZeroHistoryConv(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += g.sum(dim=(0, 1))
         return grad_x, grad_weight, grad_bias, None
-
-
-_BLOCK_ELEMENTS = 2 ** 17
-"""Values per block of ``_ZeroHistoryConv`` on a CPU: 512 KiB in float32, so the 3-4 buffers a tap pass
-touches fit a 2 MiB L2 cache. Measured fwd+bwd at [256, 40, 512] (one thread, loaded machine): 272 ms
-unblocked, 211 / 186 / 165 ms with blocks of 2^20 / 2^18 / 2^17 values; one sequence per block (2^15)
-loses it again to per-op overhead (216 ms)."""
-
-
-def _sequence_blocks(x: torch.Tensor) -> list[slice]:
-    """Slices of whole sequences (dim 0 of x [B, T, D]) of about ``_BLOCK_ELEMENTS`` values each on a CPU;
-    one block elsewhere (a GPU wants few large kernels)."""
-    if x.device.type != "cpu":
-        return [slice(None)]
-    per_block = max(1, _BLOCK_ELEMENTS // max(1, x[0].numel()))
-    return [slice(start, start + per_block) for start in range(0, x.shape[0], per_block)]
 
 
 def _taps_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -71,10 +71,10 @@ def test_zero_history_chunk_matches_recurrent(T, activation, bias, W):
 def test_zero_history_in_blocks_of_sequences(monkeypatch, per_block):
     """The training path runs over blocks of sequences (cache-sized on a CPU): with blocks of 1 or 2 of 5
     sequences (a short last block) outputs and gradients still match the reference."""
-    import lrnn.ops.conv as conv
+    import lrnn.ops._chunking as chunking
     args = short_conv_inputs(B=5, T=9, D=3, W=4, initial_state=False, seed=7)
-    monkeypatch.setattr(conv, "_BLOCK_ELEMENTS", per_block * 9 * 3)
-    assert len(conv._sequence_blocks(args["x"])) == (5 if per_block == 1 else 3)
+    monkeypatch.setattr(chunking, "CACHE_BLOCK_ELEMENTS", per_block * 9 * 3)
+    assert len(chunking.cache_blocks(args["x"])) == (5 if per_block == 1 else 3)
     chunk = run_with_grads(short_conv, args, activation="silu", mode="chunk")
     reference = run_with_grads(short_conv, args, activation="silu", mode="recurrent")
     assert_runs_match(chunk, reference, TOL_F64)
