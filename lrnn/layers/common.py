@@ -90,10 +90,11 @@ class _GatedRMSNormFunction(torch.autograd.Function):
             u = _gated_input(x[rows], None if z is None else z[rows], norm_before_gate)
             groups = u.reshape(u.shape[0], -1, group_size)
             torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps, out=r[rows])
-            out = (groups * r[rows]).reshape(u.shape) * weight
+            normed = (groups * r[rows]).reshape(u.shape)
             if z is not None and norm_before_gate:
-                out = out * F.silu(z[rows])
-            y[rows] = out
+                torch.mul(normed * weight, F.silu(z[rows]), out=y[rows])
+            else:
+                torch.mul(normed, weight, out=y[rows])
         ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
         ctx.save_for_backward(x, z, weight, r)
         return y
@@ -110,16 +111,18 @@ class _GatedRMSNormFunction(torch.autograd.Function):
             u = _gated_input(x_b, z_b, norm_first)
             normed = (u.reshape(u.shape[0], -1, gs) * r[rows]).reshape(u.shape)  # u r
             if z_b is not None and norm_first:  # y = (u r w) silu(z)
-                grad_z[rows] = torch.ops.aten.silu_backward(g * normed * weight, z_b)
+                torch.ops.aten.silu_backward.grad_input(g * normed * weight, z_b, grad_input=grad_z[rows])
                 g = g * F.silu(z_b)
             grad_weight += (g * normed).sum(0)
             g = (g * weight).reshape(u.shape[0], -1, gs)
             normed = normed.reshape(g.shape)
-            grad_u = (r[rows] * (g - normed * (g * normed).mean(-1, keepdim=True))).reshape(u.shape)
-            if z_b is not None and not norm_first:  # u = x silu(z)
-                grad_z[rows] = torch.ops.aten.silu_backward(grad_u * x_b, z_b)
-                grad_u = grad_u * F.silu(z_b)
-            grad_x[rows] = grad_u
+            centred = g - normed * (g * normed).mean(-1, keepdim=True)
+            if z_b is None or norm_first:  # u = x
+                torch.mul(r[rows], centred, out=grad_x[rows].view(g.shape))
+            else:  # u = x silu(z)
+                grad_u = (r[rows] * centred).reshape(u.shape)
+                torch.ops.aten.silu_backward.grad_input(grad_u * x_b, z_b, grad_input=grad_z[rows])
+                torch.mul(grad_u, F.silu(z_b), out=grad_x[rows])
         return grad_x, grad_z, grad_weight, None, None, None
 
 
