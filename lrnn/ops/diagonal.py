@@ -214,7 +214,8 @@ def _chunked_any(q, k, v, g, s, state, chunk_size, keep_state):
     b, t, groups, dk = q.shape
     heads = v.shape[2]
     if g.ndim == 3:
-        chunk = q[:, :chunk_size].unsqueeze(3).expand(b, min(chunk_size, t), groups, _heads_per_group(heads, groups), dk)
+        # the schedule is picked on a chunk of per-head q (a stride-0 view here), as _chunked picks it
+        chunk = q[:, :chunk_size].unsqueeze(3).expand(-1, -1, -1, _heads_per_group(heads, groups), -1)
         if t <= chunk_size or not default_batch_chunks(chunk):
             return _chunked_grouped(q, k, v, g, s, state, chunk_size, keep_state)
     return _chunked(expand_groups(q, heads), expand_groups(k, heads), v, g, s, state, chunk_size)
@@ -248,7 +249,7 @@ def _chunked_grouped(q, k, v, g, s, state, chunk_size, keep_state):
         v_n, g_n = v[:, start:end], g[:, start:end]  # [B, c, H, V], [B, c, H]
         s_n = None if s is None else s[:, start:end]
         # (Q K^T * L) V, with L per head [B, H, c, c] and Q K^T per group [B, G, 1, c, c].
-        decay = segment_decay(g_n.transpose(1, 2).unsqueeze(-1), None if s_n is None else s_n.transpose(1, 2).unsqueeze(-1))
+        decay = segment_decay(*[None if x is None else x.transpose(1, 2).unsqueeze(-1) for x in (g_n, s_n)])
         scores = decay.reshape(b, groups, per_group, c, c) * (q_n @ k_n.transpose(-1, -2)).unsqueeze(2)
         o = scores.reshape(b, heads, c, c) @ v_n.transpose(1, 2)  # [B, H, c, V]
         decay_in = None
