@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.ops import TokenTree, check_seq_starts, compute_dtype, short_conv, tree_path, tree_short_conv
+from lrnn.ops import TokenTree, cache_blocks, check_seq_starts, compute_dtype, short_conv, tree_path, tree_short_conv
 from lrnn.validation import check_positive
 
 
@@ -62,16 +62,73 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = x.dtype
-        x = wide(x)
-        if z is not None and not self.norm_before_gate:
-            x = x * F.silu(wide(z))
-        groups = x.reshape(*x.shape[:-1], x.shape[-1] // self.group_size, self.group_size)  # no -1: T may be 0
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = groups.reshape(x.shape) * wide(self.weight)
-        if z is not None and self.norm_before_gate:
-            y = y * F.silu(wide(z))
-        return y.to(dtype)
+        """x, z [..., dim] -> [..., dim] in the dtype of x (computed in ``compute_dtype``), by
+        ``_GatedRMSNormFunction``: one pass over cache-sized blocks forward and one backward."""
+        xw = wide(x)
+        shape = xw.shape
+        rows = lambda t: t.reshape(-1, shape[-1])  # noqa: E731  [N, dim] (a view for contiguous inputs)
+        y = _GatedRMSNormFunction.apply(rows(xw), None if z is None else rows(wide(z).to(xw.dtype)),
+                                        self.weight.to(xw.dtype), self.group_size, self.eps, self.norm_before_gate)
+        return y.reshape(shape).to(x.dtype)
+
+
+class _GatedRMSNormFunction(torch.autograd.Function):
+    """``GatedRMSNorm`` over rows x, z [N, dim] (z None: no gate), in blocks of rows (``cache_blocks``).
+
+    With u = x * silu(z) (gate first) or u = x (norm first), per group of ``group_size`` channels
+    ``r = (mean(u^2) + eps)^(-1/2)`` and ``y = u r w`` (norm first: times silu(z) after). Saves x, z and
+    r ([N, groups]); the backward recomputes u and ``u r`` per block:
+    ``du = r (g - u r mean(g u r))`` with ``g = dy w`` per group, ``dw = sum dy u r``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, weight, group_size: int, eps: float, norm_before_gate: bool):
+        n, dim = x.shape
+        y = torch.empty_like(x)
+        r = x.new_empty(n, dim // group_size if group_size else 0, 1)
+        for rows in cache_blocks(x):
+            u = _gated_input(x[rows], None if z is None else z[rows], norm_before_gate)
+            groups = u.reshape(u.shape[0], -1, group_size)
+            torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps, out=r[rows])
+            normed = (groups * r[rows]).reshape(u.shape)
+            if z is not None and norm_before_gate:
+                torch.mul(normed * weight, F.silu(z[rows]), out=y[rows])
+            else:
+                torch.mul(normed, weight, out=y[rows])
+        ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+        ctx.save_for_backward(x, z, weight, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, z, weight, r = ctx.saved_tensors
+        gs, norm_first = ctx.group_size, ctx.norm_before_gate
+        grad_x = torch.empty_like(x)
+        grad_z = None if z is None else torch.empty_like(z)
+        grad_weight = torch.zeros_like(weight)
+        for rows in cache_blocks(x):
+            x_b, z_b, g = x[rows], None if z is None else z[rows], grad[rows]
+            u = _gated_input(x_b, z_b, norm_first)
+            normed = (u.reshape(u.shape[0], -1, gs) * r[rows]).reshape(u.shape)  # u r
+            if z_b is not None and norm_first:  # y = (u r w) silu(z)
+                torch.ops.aten.silu_backward.grad_input(g * normed * weight, z_b, grad_input=grad_z[rows])
+                g = g * F.silu(z_b)
+            grad_weight += (g * normed).sum(0)
+            g = (g * weight).reshape(u.shape[0], -1, gs)
+            normed = normed.reshape(g.shape)
+            centred = g - normed * (g * normed).mean(-1, keepdim=True)
+            if z_b is None or norm_first:  # u = x
+                torch.mul(r[rows], centred, out=grad_x[rows].view(g.shape))
+            else:  # u = x silu(z)
+                grad_u = (r[rows] * centred).reshape(u.shape)
+                torch.ops.aten.silu_backward.grad_input(grad_u * x_b, z_b, grad_input=grad_z[rows])
+                torch.mul(grad_u, F.silu(z_b), out=grad_x[rows])
+        return grad_x, grad_z, grad_weight, None, None, None
+
+
+def _gated_input(x: torch.Tensor, z: torch.Tensor | None, norm_before_gate: bool) -> torch.Tensor:
+    """What ``GatedRMSNorm`` normalises: x, or x * silu(z) when the gate comes first."""
+    return x if z is None or norm_before_gate else x * F.silu(z)
 
 
 class ShortConv(nn.Module):

@@ -22,8 +22,8 @@ from lrnn.layers.registry import MixerSpec, register
 from lrnn.layers.reorder import ImportanceReorder
 from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
 from lrnn.validation import check_flag, check_positive
-from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, negative_range, reset_at_starts,
-                      selective_scan, tree_decay_recurrence)
+from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, expand_groups, negative_range,
+                      reset_at_starts, selective_scan, tree_decay_recurrence)
 
 State = dict[str, torch.Tensor]
 
@@ -124,8 +124,10 @@ class Mamba2(nn.Module):
         """
         seq_starts = document_starts(seq_starts, hidden, mask)
         mode = scan_mode(hidden, state, mode)
+        # decay_recurrence takes B and C per group (q k^T once per group); the decode step takes them per head
         z, x, bmat, cmat, dt, log_a, negative = self._features(
-            hidden, mask, seq_starts, lambda xbc: run_short_conv(self.conv1d, xbc, state, "conv", mode, seq_starts))
+            hidden, mask, seq_starts, lambda xbc: run_short_conv(self.conv1d, xbc, state, "conv", mode, seq_starts),
+            grouped=mode != "step")
         y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
         return self._output(y, x, z)
 
@@ -140,14 +142,15 @@ class Mamba2(nn.Module):
         return self._output(y, x, z)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
-                  short_conv: Callable[[torch.Tensor], torch.Tensor]):
+                  short_conv: Callable[[torch.Tensor], torch.Tensor], grouped: bool = False):
         """The SSD scan's inputs from hidden [B, T, d_model], shared by the sequence and tree paths (which
-        differ in how ``short_conv(xbc)`` runs): z [B, T, d_inner], x [B, T, H, P], B and C [B, T, H, N] (the
-        heads of a group share its B and C: with one group a stride-0 view, not an [B, T, H, N] copy), dt
-        [B, T, H], and the signed log decay (``_signed_log_decay``; 0 on padding and at ``seq_starts``)."""
+        differ in how ``short_conv(xbc)`` runs): z [B, T, d_inner], x [B, T, H, P], B and C [B, T, G, N] if
+        ``grouped`` else [B, T, H, N] (the heads of a group share its B and C: ``expand_groups``, with one
+        group a stride-0 view), dt [B, T, H], and the signed log decay (``_signed_log_decay``; 0 on padding
+        and at ``seq_starts``)."""
         b, t, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
-        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner + 2 * g * n, h], dim=-1)
+        z, xbc, dt = self._in_proj_parts(hidden)
         xbc = short_conv(masked(xbc, mask))
         x, bmat, cmat = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
@@ -156,15 +159,26 @@ class Mamba2(nn.Module):
         dt = masked(dt, mask)  # dt = 0 on padding: decay 1, no input
         log_a, negative = _signed_log_decay(dt.to(self.A_log.dtype) * -torch.exp(self.A_log), self.negative_eigenvalues,
                                             seq_starts)
-        bmat = bmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
-        cmat = cmat.reshape(b, t, g, 1, n).expand(b, t, g, h // g, n).reshape(b, t, h, n)
+        bmat, cmat = bmat.reshape(b, t, g, n), cmat.reshape(b, t, g, n)
+        if not grouped:
+            bmat, cmat = expand_groups(bmat, h), expand_groups(cmat, h)
         return z, x.reshape(b, t, h, p), bmat, cmat, dt, log_a, negative
+
+    def _in_proj_parts(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """``in_proj(hidden)`` split into z [B, T, d_inner], xBC [B, T, d_inner + 2GN] and dt [B, T, H], as three
+        products with row blocks of its weight (one ``in_proj``, as mamba_ssm checkpoints store it): the
+        backward then joins weight-sized gradient blocks instead of copying three activation gradients
+        into one [B, T, 2 d_inner + 2GN + H] tensor."""
+        sizes = [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads]
+        weights = self.in_proj.weight.split(sizes)
+        biases = [None] * 3 if self.in_proj.bias is None else self.in_proj.bias.split(sizes)
+        return [F.linear(hidden, weight, bias) for weight, bias in zip(weights, biases)]
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The scan's y [B, T, H, P] + D x, the gated norm and out_proj -> [B, T, d_model]."""
         b, t = z.shape[:2]
         d = self.D.reshape(self.nheads, self.headdim) if self.D_has_hdim else self.D.unsqueeze(-1)
-        y = (y + x * d.to(x.dtype)).reshape(b, t, self.d_inner)
+        y = torch.addcmul(y, x, d.to(x.dtype)).reshape(b, t, self.d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z)
         return self.out_proj(y)
 

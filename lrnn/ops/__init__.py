@@ -5,9 +5,9 @@ fast path (``mode="chunk"``) that is tested against it, and the recurrences an O
 """
 
 from lrnn.ops._checks import check_seq_starts  # packed documents: bool [B, T], True at each start
-from lrnn.ops._chunking import compute_dtype
+from lrnn.ops._chunking import cache_blocks, compute_dtype
 from lrnn.ops.decay import decay_from_values, negative_range, reset_at_starts
-from lrnn.ops.diagonal import decay_recurrence, decay_step
+from lrnn.ops.diagonal import decay_recurrence, decay_step, expand_groups
 from lrnn.ops.delta import delta_chunk_size, delta_rule, delta_step
 from lrnn.ops.conv import short_conv
 from lrnn.ops.selective_scan import selective_scan
@@ -20,7 +20,7 @@ from lrnn.ops.tree_conv import tree_conv_state, tree_short_conv
 from lrnn.ops.tree_decay import tree_decay_recurrence, tree_decay_state
 from lrnn.ops.tree_delta import tree_delta_rule, tree_delta_state
 
-__all__ = ["check_seq_starts", "compute_dtype", "decay_recurrence", "decay_step", "delta_chunk_size", "delta_rule", "delta_step",
+__all__ = ["cache_blocks", "check_seq_starts", "compute_dtype", "decay_recurrence", "decay_step", "expand_groups", "delta_chunk_size", "delta_rule", "delta_step",
            "short_conv", "decay_from_values", "negative_range", "reset_at_starts", "selective_scan", "S4D_INITS", "check_state_size", "ptd_legs",
            "s4d_eigenvalues", "S4D_DISCRETIZATIONS", "s4d_discretize", "s4d_kernel", "s4d_scan",
            "TokenTree", "token_tree", "tree_leaves", "tree_path", "tree_positions", "tree_attention",

@@ -88,3 +88,22 @@ def empty_sequence(q: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None)
     b, _, h, dk = q.shape
     out = v.new_zeros(b, 0, h, v.shape[-1])
     return out, (q.new_zeros(b, h, dk, v.shape[-1]) if state is None else state)
+
+
+CACHE_BLOCK_ELEMENTS = 2 ** 17
+"""Values per block of ``cache_blocks`` on a CPU: 512 KiB in float32, so the 3-4 buffers an element-wise
+pass touches fit a 2 MiB L2 cache. Measured for the short conv's training path, fwd+bwd at [256, 40, 512]
+(one thread, loaded machine): 272 ms unblocked, 211 / 186 / 165 ms with blocks of 2^20 / 2^18 / 2^17
+values; one sequence per block (2^15) loses it again to per-op overhead (216 ms)."""
+
+
+def cache_blocks(x: torch.Tensor) -> list[slice]:
+    """Slices of dim 0 of x (whole sequences, or rows) of about ``CACHE_BLOCK_ELEMENTS`` values each on a
+    CPU, for hand-written forward and backward passes that run several element-wise steps per block
+    while it is in cache; one block elsewhere (a GPU wants few large kernels) and while torch.compile traces."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # compiled: inductor fuses the passes itself
+        return [slice(None)]
+    if x.shape[0] == 0:
+        return []
+    per_block = max(1, CACHE_BLOCK_ELEMENTS // max(1, x[0].numel()))
+    return [slice(start, start + per_block) for start in range(0, x.shape[0], per_block)]

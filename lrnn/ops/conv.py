@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lrnn.ops import _checks
+from lrnn.ops._chunking import cache_blocks
 
 __all__ = ["short_conv", "ACTIVATIONS"]
 
@@ -58,6 +59,12 @@ def short_conv(
     if seq_starts is not None:
         _checks.check_seq_starts(seq_starts, b, t, x)
     history = x.new_zeros(b, width - 1, d) if initial_state is None else initial_state.to(x.dtype)
+    if t > 0 and mode == "chunk" and initial_state is None and seq_starts is None:  # the training path
+        y = _ZeroHistoryConv.apply(x, weight, bias, activation == "silu")
+        final = None
+        if output_final_state:
+            final = torch.cat([history, x], dim=1)[:, t:].clone(memory_format=torch.contiguous_format)
+        return y, final
     padded = torch.cat([history, x], dim=1)  # [B, W-1+T, D]
     taps = None if seq_starts is None else _document_taps(seq_starts, width).to(x.dtype)  # [B, T, W]
     if t > 0 and mode == "chunk":
@@ -86,6 +93,64 @@ def short_conv(
         if seq_starts is not None and t > 0:  # the next call continues the last document only
             final = final * _last_document_history(seq_starts, width).to(final.dtype)
     return y, final
+
+
+class _ZeroHistoryConv(torch.autograd.Function):
+    """The chunked short conv from a zero history, with its own backward (the training path).
+
+    ``y = act(bias + sum_lag weight[:, W-1-lag] * x_{t-lag})``, lag = 0..W-1 (inputs before the sequence
+    are 0). Each tap is a multiply-add into a shifted slice of one buffer: no padded copy of x, and the
+    backward writes the input gradient the same way instead of W zero-filled padded gradients (one per
+    tap's slice) summed by autograd. Saves x and the pre-activation. Both directions run over blocks of
+    sequences (``cache_blocks``), so a block's W passes stay in cache.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
+        pre = torch.empty_like(x)
+        y = torch.empty_like(x) if silu else pre
+        for rows in cache_blocks(x):
+            _taps_into(pre[rows], x[rows], weight, bias)
+            if silu:  # while the block is in cache
+                torch.ops.aten.silu.out(pre[rows], out=y[rows])
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        ctx.save_for_backward(x, weight, pre if silu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, pre = ctx.saved_tensors
+        width, t = weight.shape[1], x.shape[1]
+        lags = range(min(width, t + 1))
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(weight[:, 0]) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        for rows in cache_blocks(x):
+            g = torch.ops.aten.silu_backward(grad[rows], pre[rows]) if ctx.silu else grad[rows]
+            if grad_x is not None:  # x_s feeds y_{s+lag} through weight[:, W-1-lag]
+                _taps_into(grad_x[rows], g, weight, None, transposed=True)
+            if grad_weight is not None:
+                for lag in lags:
+                    grad_weight[:, width - 1 - lag] += torch.sum(g[:, lag:] * x[rows][:, :t - lag], dim=(0, 1))
+            if grad_bias is not None:
+                grad_bias += g.sum(dim=(0, 1))
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _taps_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               transposed: bool = False) -> None:
+    """``out = bias + sum_lag weight[:, W-1-lag] * x_{t-lag}`` over [b, T, D] blocks (zero history);
+    ``transposed``: the adjoint, ``out_s = sum_lag weight[:, W-1-lag] * x_{s+lag}`` (zero future)."""
+    width, t = weight.shape[1], x.shape[1]
+    if bias is None:
+        torch.mul(x, weight[:, -1], out=out)
+    else:
+        torch.addcmul(bias, x, weight[:, -1], out=out)
+    for lag in range(1, min(width, t + 1)):
+        if transposed:
+            out[:, :t - lag].addcmul_(x[:, lag:], weight[:, width - 1 - lag])
+        else:
+            out[:, lag:].addcmul_(x[:, :t - lag], weight[:, width - 1 - lag])
 
 
 def _document_taps(seq_starts: torch.Tensor, width: int) -> torch.Tensor:

@@ -8,7 +8,9 @@ Per head, with state ``H`` of shape [K, V]:
 Mamba-1 as heads = channels, K = d_state, V = 1, q = C_t, k = B_t, v = dt_t x_t). Every ``a_t`` in
 [-1, 1] is allowed, in both modes; it is passed in log space with a sign (see ``lrnn.ops.decay``).
 Neither ``q`` nor ``k`` is normalised here; ``scale`` multiplies ``q`` (default ``K ** -0.5``; pass 1.0
-for Mamba-style SSMs).
+for Mamba-style SSMs). ``decay_recurrence`` also takes q and k with fewer heads than v, in groups
+(Mamba-2's ``ngroups``: the heads of a group share its B and C); with a scalar decay the chunked form
+then computes ``q k^T`` and the state terms once per group.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from lrnn.ops._chunking import (compute_dtype, default_batch_chunks, empty_seque
                                 split_chunks, stack_chunks, to_dtype, unbind_chunks)
 from lrnn.validation import check_flag
 
-__all__ = ["decay_recurrence", "decay_step"]
+__all__ = ["decay_recurrence", "decay_step", "expand_groups"]
 
 _LAYOUT_Q = "[batch, time, heads, key_dim]"
 _LAYOUT_V = "[batch, time, heads, value_dim]"
+_LAYOUT_Q_GROUPED = "[batch, time, groups, key_dim] (groups dividing the heads of v)"
 
 
 def decay_recurrence(
@@ -43,7 +46,8 @@ def decay_recurrence(
     """Run ``H_t = diag(a_t) H_{t-1} + k_t v_t^T``, ``o_t = H_t^T (scale q_t)`` over a sequence.
 
     Args:
-        q, k: [B, T, H, K]. v: [B, T, H, V].
+        q, k: [B, T, G, K] with G dividing H: head h reads group ``h // (H // G)`` (G = H: one q and k per
+            head; G < H: Mamba-2's groups, whose heads share B and C). v: [B, T, H, V].
         log_decay: ``log|a_t|`` (<= 0, ``-inf`` for a = 0), shape [B, T, H] (one decay per head) or
             [B, T, H, K] (one per key channel).
         decay_negative: bool, True where ``a_t < 0``; same shape as ``log_decay``. None: all a_t >= 0.
@@ -59,7 +63,7 @@ def decay_recurrence(
         float32 (float64 for float64 inputs), or None unless ``output_final_state``.
     """
     _checks.check_mode(mode, chunk_size)
-    _check(q, k, v, log_decay, decay_negative, scale, initial_state)
+    _check(q, k, v, log_decay, decay_negative, scale, initial_state, grouped=True)
     out_dtype = v.dtype
     dtype = compute_dtype(q.dtype)
     scale = _checks.resolve_scale(scale, q)
@@ -71,11 +75,21 @@ def decay_recurrence(
     else:
         if scale != 1.0:  # Mamba-style callers pass 1.0: skip a full pass over q (maybe a stride-0 view)
             q = q * scale
+        heads = v.shape[2]
         if mode == "recurrent":
-            o, state = _recurrent(q, k, v, g, s, state)
+            o, state = _recurrent(expand_groups(q, heads), expand_groups(k, heads), v, g, s, state)
         else:
-            o, state = _chunked(q, k, v, g, s, state, chunk_size)
+            o, state = _chunked_any(q, k, v, g, s, state, chunk_size, output_final_state)
     return o.to(out_dtype), (state if output_final_state else None)
+
+
+def expand_groups(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, G, K] -> [B, T, heads, K], head h reading group ``h // (heads // G)``: a view (stride 0 over
+    the heads) when G is 1 or ``heads``, else a copy."""
+    b, t, groups, d = x.shape
+    if groups == heads:
+        return x
+    return x.unsqueeze(3).expand(b, t, groups, heads // groups, d).reshape(b, t, heads, d)
 
 
 def decay_step(
@@ -147,14 +161,21 @@ def decay_step(
     return to_dtype(o.transpose(1, 2), v.dtype), state
 
 
-def _check(q, k, v, log_decay, decay_negative, scale, initial_state) -> None:
+def _check(q, k, v, log_decay, decay_negative, scale, initial_state, grouped: bool = False) -> None:
+    """Check the inputs of the decay ops. ``grouped``: q and k may have G heads for any G dividing v's H
+    (``decay_recurrence``), else they have v's heads."""
     _checks.check_scale(scale)
-    _checks.check_tensor("q", q, 4, _LAYOUT_Q)
-    b, t, h, dk = q.shape
-    _checks.check_tensor("k", k, 4, _LAYOUT_Q)
-    _checks.check_shape("k", k, (b, t, h, dk), _LAYOUT_Q)
+    layout_q = _LAYOUT_Q_GROUPED if grouped else _LAYOUT_Q
+    _checks.check_tensor("q", q, 4, layout_q)
+    b, t, groups, dk = q.shape
+    _checks.check_tensor("k", k, 4, layout_q)
+    _checks.check_shape("k", k, (b, t, groups, dk), layout_q)
     _checks.check_tensor("v", v, 4, _LAYOUT_V)
+    h = v.shape[2] if grouped else groups
     _checks.check_shape("v", v, (b, t, h, v.shape[-1]), _LAYOUT_V)
+    if groups != h and (groups == 0 or h % groups):
+        raise ValueError(f"the heads of v ({h}) must be a multiple of the groups of q and k ({groups}): v of shape "
+                         f"{tuple(v.shape)}, q of shape {tuple(q.shape)}")
     if not isinstance(log_decay, torch.Tensor) or not log_decay.is_floating_point():
         raise TypeError(f"log_decay must be a floating-point tensor, got "
                         f"{log_decay.dtype if isinstance(log_decay, torch.Tensor) else type(log_decay).__name__}")
@@ -180,6 +201,97 @@ def _recurrent(q, k, v, g, s, state):
         state = a_i * state + k_i[..., :, None] * v_i[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q_i, state))
     return torch.stack(outs, dim=1), state
+
+
+def _chunked_any(q, k, v, g, s, state, chunk_size, keep_state):
+    """The chunked form, by decay layout and chunk schedule. q, k: [B, T, G, K]; v: [B, T, H, V].
+
+    One scalar decay per head runs ``_chunked_grouped`` (q k^T once per group, no padding, no state
+    work that is not needed) whenever the chunks run one at a time or there is only one chunk. Per-channel
+    decays, and the all-chunks-at-once schedule (GPUs, small CPU chunks: ``default_batch_chunks``), run
+    ``_chunked`` with q and k per head.
+    """
+    b, t, groups, dk = q.shape
+    heads = v.shape[2]
+    if g.ndim == 3:
+        # the schedule is picked on a chunk of per-head q (a stride-0 view here), as _chunked picks it
+        chunk = q[:, :chunk_size].unsqueeze(3).expand(-1, -1, -1, _heads_per_group(heads, groups), -1)
+        if t <= chunk_size or not default_batch_chunks(chunk):
+            return _chunked_grouped(q, k, v, g, s, state, chunk_size, keep_state)
+    return _chunked(expand_groups(q, heads), expand_groups(k, heads), v, g, s, state, chunk_size)
+
+
+def _chunked_grouped(q, k, v, g, s, state, chunk_size, keep_state):
+    """The chunked form for one scalar decay per head, chunk by chunk, per group of heads.
+
+    q, k: [B, T, G, K]; v: [B, T, H, V]; g, s: [B, T, H]; state [B, H, K, V] or None (zeros). Per chunk,
+    with ``L`` the chunk's decays ``prod_{m=j+1..i} a_m`` (``segment_decay``), ``d_in`` / ``d_out`` the
+    decays from the chunk start to i / from j to the chunk end, and ``a_C`` their product over the chunk:
+
+        O = (Q K^T * L) V + diag(d_in) Q S            S <- a_C S + K^T diag(d_out) V
+
+    ``Q K^T``, ``Q S`` and ``K^T (.)`` run once per group: the group's heads sit side by side in a state of
+    [K, heads x V] (their own decays scale only the V side). Chunks are time slices (the last one
+    shorter, nothing padded). No ``Q S`` term is formed while the state is zero, and no state after the
+    last chunk unless ``keep_state``, so one chunk without states is just ``(Q K^T * L) V``.
+
+    Returns ``(o [B, T, H, V], state [B, H, K, V] or None)``.
+    """
+    b, t, groups, dk = q.shape
+    heads, dv = v.shape[2], v.shape[3]
+    per_group = _heads_per_group(heads, groups)
+    state = None if state is None else _heads_side_by_side(state, groups)  # [B, G, K, heads x V]
+    outs = []
+    for start in range(0, t, chunk_size):
+        end = min(start + chunk_size, t)
+        c = end - start
+        q_n, k_n = q[:, start:end].transpose(1, 2), k[:, start:end].transpose(1, 2)  # [B, G, c, K]
+        v_n, g_n = v[:, start:end], g[:, start:end]  # [B, c, H, V], [B, c, H]
+        s_n = None if s is None else s[:, start:end]
+        # (Q K^T * L) V, with L per head [B, H, c, c] and Q K^T per group [B, G, 1, c, c].
+        decay = segment_decay(*[None if x is None else x.transpose(1, 2).unsqueeze(-1) for x in (g_n, s_n)])
+        scores = decay.reshape(b, groups, per_group, c, c) * (q_n @ k_n.transpose(-1, -2)).unsqueeze(2)
+        o = scores.reshape(b, heads, c, c) @ v_n.transpose(1, 2)  # [B, H, c, V]
+        decay_in = None
+        if state is not None:  # + diag(d_in) Q S: [B, G, c, heads x V], each head's rows scaled by its decay
+            decay_in = prefix_decay(g_n, s_n)  # [B, c, H]
+            inter = (q_n @ state).reshape(b, groups, c, per_group, dv) * _by_group(decay_in, groups)
+            o = o + inter.transpose(2, 3).reshape(b, heads, c, dv)
+        if end < t or keep_state:  # S <- a_C S + K^T diag(d_out) V
+            weighted = (v_n * suffix_decay(g_n, s_n).unsqueeze(-1)).reshape(b, c, groups, per_group * dv)
+            update = k_n.transpose(-1, -2) @ weighted.transpose(1, 2)  # [B, G, K, heads x V]
+            if state is None:
+                state = update
+            else:
+                chunk_decay = _by_group(decay_in[:, -1:], groups)  # a_C: [B, G, 1, heads per group, 1]
+                state = (state.reshape(b, groups, dk, per_group, dv) * chunk_decay).reshape_as(update) + update
+        outs.append(o)
+    o = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)  # [B, T, H, V]
+    return o, (None if state is None else _heads_first_state(state, heads, dv))
+
+
+def _heads_per_group(heads: int, groups: int) -> int:
+    return heads // groups if groups else 1  # no groups: no heads either (checked)
+
+
+def _by_group(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per-head factors [B, c, H] -> [B, G, c, heads per group, 1], to scale [B, G, c, heads x V] rows."""
+    b, c, heads = x.shape
+    return x.reshape(b, c, groups, _heads_per_group(heads, groups), 1).transpose(1, 2)
+
+
+def _heads_side_by_side(state: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, H, K, V] -> [B, G, K, (H / G) x V]: each group's heads next to each other along V."""
+    b, heads, dk, dv = state.shape
+    per_group = _heads_per_group(heads, groups)
+    return state.reshape(b, groups, per_group, dk, dv).transpose(2, 3).reshape(b, groups, dk, per_group * dv)
+
+
+def _heads_first_state(state: torch.Tensor, heads: int, dv: int) -> torch.Tensor:
+    """The inverse of ``_heads_side_by_side``: [B, G, K, (H / G) x V] -> [B, H, K, V]."""
+    b, groups, dk, _ = state.shape
+    per_group = _heads_per_group(heads, groups)
+    return state.reshape(b, groups, dk, per_group, dv).transpose(2, 3).reshape(b, heads, dk, dv)
 
 
 def _chunked(q, k, v, g, s, state, chunk_size, batch_chunks=None):

@@ -54,6 +54,40 @@ def test_chunk_matches_recurrent_without_initial_state(W):
     assert_close(chunk["o"], y_zero_state, TOL_F64, "zero initial state")
 
 
+@WIDTHS
+@BIAS
+@ACTIVATION
+@pytest.mark.parametrize("T", [1, 2, 3, 40])
+def test_zero_history_chunk_matches_recurrent(T, activation, bias, W):
+    """The training path (no initial state, no documents: its own backward): float64 outputs, final state
+    and gradients w.r.t. x, weight and bias agree with the reference, also for T shorter than the taps."""
+    args = short_conv_inputs(T=T, W=W, bias=bias, initial_state=False, seed=T * 10 + W + 5)
+    chunk = run_with_grads(short_conv, args, activation=activation, mode="chunk")
+    reference = run_with_grads(short_conv, args, activation=activation, mode="recurrent")
+    assert_runs_match(chunk, reference, TOL_F64)
+
+
+@pytest.mark.parametrize("per_block", [1, 2])
+def test_zero_history_in_blocks_of_sequences(monkeypatch, per_block):
+    """The training path runs over blocks of sequences (cache-sized on a CPU): with blocks of 1 or 2 of 5
+    sequences (a short last block) outputs and gradients still match the reference."""
+    import lrnn.ops._chunking as chunking
+    args = short_conv_inputs(B=5, T=9, D=3, W=4, initial_state=False, seed=7)
+    monkeypatch.setattr(chunking, "CACHE_BLOCK_ELEMENTS", per_block * 9 * 3)
+    assert len(chunking.cache_blocks(args["x"])) == (5 if per_block == 1 else 3)
+    chunk = run_with_grads(short_conv, args, activation="silu", mode="chunk")
+    reference = run_with_grads(short_conv, args, activation="silu", mode="recurrent")
+    assert_runs_match(chunk, reference, TOL_F64)
+
+
+def test_zero_history_float32():
+    """Float32 at a Mamba-2 conv's shape (many channels, T 40), no history: within the float32 tolerance."""
+    args = short_conv_inputs(B=4, T=40, D=96, W=4, seed=6, dtype=F32, initial_state=False)
+    chunk = run_with_grads(short_conv, args, activation="silu", mode="chunk")
+    reference = run_with_grads(short_conv, args, activation="silu", mode="recurrent")
+    assert_runs_match(chunk, reference, TOL_F32)
+
+
 def test_float32_long_sequence():
     """Float32 at T = 1024: outputs and gradients within relative RMSE 1e-4 of the recurrent run."""
     args = short_conv_inputs(T=1024, D=16, W=4, seed=3, dtype=F32)
