@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.ops import TokenTree, check_seq_starts, compute_dtype, short_conv, tree_path, tree_short_conv
+from lrnn.ops import (TokenTree, check_seq_starts, compute_dtype, short_conv, token_tree, tree_conv_state, tree_path,
+                      tree_short_conv)
 from lrnn.validation import check_positive
 
 
@@ -23,6 +26,46 @@ def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return x
     return x * mask.reshape(*mask.shape, *([1] * (x.ndim - 2))).to(x.dtype)
+
+
+TreeKeep = dict[str, Any]
+"""What a mixer's ``forward_tree(..., keep=...)`` keeps to commit any node afterwards (its per-node op
+inputs, or per-node states): filled by ``forward_tree``, read by the mixer's ``commit_tree``."""
+
+
+@dataclass(frozen=True)
+class AcceptedPath:
+    """The node of a verified tree whose path is committed to the cache, in the forms the mixers' commits use.
+
+    Attributes:
+        tree: the verified ``TokenTree`` (N nodes). node: the accepted node, 0 <= node < N.
+        path: LongTensor [L], the nodes from the root to ``node`` (L = depth + 1 tokens join the cache).
+        chain: the path as a tree of its own (parents -1, 0, .., L-2): a recurrent mixer gathers its kept
+            inputs at ``path`` and asks the tree ops for the state after the chain's last node, a system
+            of L steps instead of the whole tree's N.
+    """
+
+    tree: TokenTree
+    node: int
+    path: torch.Tensor
+    chain: TokenTree
+
+
+def accepted_path(tree: TokenTree, node: int) -> AcceptedPath:
+    """The ``AcceptedPath`` of ``node`` (0 <= node < N) in ``tree``."""
+    if not 0 <= node < tree.num_nodes:
+        raise ValueError(f"node must lie in [0, {tree.num_nodes - 1}] (a node of the tree), got {node}")
+    path = tree_path(tree, node)
+    chain = token_tree(torch.arange(-1, len(path) - 1, device=path.device))
+    return AcceptedPath(tree, node, path, chain)
+
+
+def substeps(path: torch.Tensor, per_node: int) -> torch.Tensor:
+    """Rows of the ``per_node`` sub-steps of each node in ``path`` [L] (node m's at ``m * per_node + j``, as
+    DeltaProduct lays out its Householder steps): [L * per_node]."""
+    if per_node == 1:
+        return path
+    return (path[:, None] * per_node + torch.arange(per_node, device=path.device)).flatten()
 
 
 class RMSNorm(nn.Module):
@@ -120,15 +163,27 @@ class ShortConv(nn.Module):
         return y
 
     def forward_tree(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None, tree: TokenTree,
-                     name: str = "conv") -> torch.Tensor:
+                     name: str = "conv", keep: TreeKeep | None = None) -> torch.Tensor:
         """x [B, N, D] over the N nodes of ``tree`` -> [B, N, D], each node's window along its root-to-node
-        path after the committed inputs in ``state[name]`` (read, not changed; absent: zeros)."""
+        path after the committed inputs in ``state[name]`` (read, not changed; absent: zeros). With a
+        ``keep`` dict the conv inputs x are kept under ``name`` for ``commit_tree``."""
+        if keep is not None:
+            keep[name] = x
         initial = None if state is None else state.get(name)
         y, _ = tree_short_conv(x, self.weight.squeeze(1).to(x.dtype),
                                None if self.bias is None else self.bias.to(x.dtype), parents=tree,
                                activation=self.activation,
                                initial_state=None if initial is None else initial.to(x.dtype))
         return y
+
+    def commit_tree(self, state: dict[str, torch.Tensor], kept: TreeKeep, accepted: AcceptedPath,
+                    name: str = "conv") -> None:
+        """Write into ``state[name]`` the conv state after the accepted node: the last W-1 inputs of its path
+        (``tree_conv_state`` over the inputs ``forward_tree`` kept), older ones from the committed state."""
+        x = kept[name]
+        initial = state.get(name)
+        state[name] = tree_conv_state(x, parents=accepted.tree, node=accepted.node, width=self.weight.shape[-1],
+                                      initial_state=None if initial is None else initial.to(x.dtype))
 
 
 def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:
@@ -189,19 +244,30 @@ def document_starts(seq_starts: torch.Tensor | None, hidden: torch.Tensor,
 
 
 def forward_tree_by_paths(layer: nn.Module, hidden: torch.Tensor, state: dict[str, torch.Tensor] | None,
-                          tree: TokenTree) -> torch.Tensor:
+                          tree: TokenTree, keep: TreeKeep | None = None) -> torch.Tensor:
     """The tree path of a mixer without a tree form (LSTM, S4D): node m's output is the last output of
     ``layer`` run over m's root-to-node path from a copy of ``state``. hidden [B, N, d] -> [B, N, d_out].
 
     Exact by construction; costs one forward per node over its path (sum of depths + N tokens), so it
     suits the small verification trees only. ``state`` is not changed (each run gets a shallow copy of
-    the dict; the layers replace their entries, they do not write into them).
+    the dict; the layers replace their entries, they do not write into them). Each run leaves the state
+    after its node in its copy: with a ``keep`` dict those N copies are kept (``"node_states"``) for
+    ``commit_tree_by_paths``.
     """
-    outputs = []
+    outputs, node_states = [], []
     for node in range(tree.num_nodes):
         path = tree_path(tree, node).to(hidden.device)
         copy = None if state is None else dict(state)
         outputs.append(layer(hidden[:, path], copy)[:, -1])
+        node_states.append(copy)
+    if keep is not None:
+        keep["node_states"] = node_states
     if not outputs:
         return layer(hidden, None if state is None else dict(state))
     return torch.stack(outputs, dim=1)
+
+
+def commit_tree_by_paths(state: dict[str, torch.Tensor], kept: TreeKeep, accepted: AcceptedPath) -> None:
+    """The commit of ``forward_tree_by_paths``: the accepted node's own run left its state in a copy of the
+    cache entry; that copy's entries become the cache's."""
+    state.update(kept["node_states"][accepted.node])

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, document_starts, init_dt_bias, masked,
-                                 run_short_conv, scan_mode, wide)
+from lrnn.layers.common import (AcceptedPath, GatedRMSNorm, RMSNorm, ShortConv, TreeKeep, document_starts,
+                                 init_dt_bias, masked, run_short_conv, scan_mode, substeps, wide)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_int, check_positive
-from lrnn.ops import TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule
+from lrnn.ops import (TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule,
+                      tree_delta_state)
 
 State = dict[str, torch.Tensor]
 
@@ -116,16 +117,33 @@ class DeltaNet(nn.Module):
                 state["ssm"] = ssm
         return self._output(o, hidden)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
         root-to-node path had followed the cached state (read, not changed). The short convs and the delta
         rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
-        ``tree_delta_rule``'s unit-triangular tree system)."""
+        ``tree_delta_rule``'s unit-triangular tree system). With a ``keep`` dict the convs' inputs and the
+        delta rule's k, v, beta and gates are kept for ``commit_tree``."""
         q, k, v, beta, log_a = self._features(hidden, None,
-                                              lambda conv, x, key: conv.forward_tree(x, state, tree, key))
+                                              lambda conv, x, key: conv.forward_tree(x, state, tree, key, keep))
+        if keep is not None:
+            keep.update(k=k, v=v, beta=beta, log_decay=log_a)
         o, _ = tree_delta_rule(q, k, v, beta, log_a, parents=tree, num_householder=self.num_householder,
                                initial_state=None if state is None else state.get("ssm"))
         return self._output(o, hidden)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
+        without recomputing it: each conv's window along the path, and the delta-rule state after the node
+        (``tree_delta_state`` over the path's n_h sub-steps per token, from the committed state)."""
+        if self.use_short_conv:
+            for conv, key in ((self.q_conv1d, "conv_q"), (self.k_conv1d, "conv_k"), (self.v_conv1d, "conv_v")):
+                conv.commit_tree(state, kept, accepted, key)
+        path, n_h = accepted.path, self.num_householder
+        steps, log_a = substeps(path, n_h), kept["log_decay"]
+        state["ssm"] = tree_delta_state(kept["k"][:, steps], kept["v"][:, steps], kept["beta"][:, steps],
+                                        None if log_a is None else log_a[:, path], parents=accepted.chain,
+                                        node=len(path) - 1, num_householder=n_h, initial_state=state.get("ssm"))
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None,
                   short_conv: Callable[[ShortConv, torch.Tensor, str], torch.Tensor]):

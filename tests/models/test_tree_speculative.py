@@ -157,10 +157,11 @@ def test_later_branches_are_accepted(monkeypatch):
     accepted_paths = []
     tree_pass = model.forward_tree
 
-    def recording(ids, cache, tree):
-        logits = tree_pass(ids, cache, tree)
+    def recording(ids, cache, tree, keep_states=False):
+        result = tree_pass(ids, cache, tree, keep_states=keep_states)
+        logits = result[0] if keep_states else result
         accepted_paths.append((greedy_walk(logits[0], ids[0], tree.parents)[2], tree.parents))
-        return logits
+        return result
 
     monkeypatch.setattr(model, "forward_tree", recording)
     out, _ = run_tree(model, prompt, OracleTreeDrafter(expected[0], p_right=1.0, seed=3), branching=(3, 2))
