@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.ops import (TokenTree, check_seq_starts, compute_dtype, short_conv, token_tree, tree_conv_state, tree_path,
-                      tree_short_conv)
+from lrnn.ops import TokenTree, check_seq_starts, compute_dtype, short_conv, tree_path, tree_short_conv
 from lrnn.validation import check_positive
 
 
@@ -35,37 +34,23 @@ inputs, or per-node states): filled by ``forward_tree``, read by the mixer's ``c
 
 @dataclass(frozen=True)
 class AcceptedPath:
-    """The node of a verified tree whose path is committed to the cache, in the forms the mixers' commits use.
+    """The node of a verified tree whose path is committed to the cache.
 
     Attributes:
         tree: the verified ``TokenTree`` (N nodes). node: the accepted node, 0 <= node < N.
         path: LongTensor [L], the nodes from the root to ``node`` (L = depth + 1 tokens join the cache).
-        chain: the path as a tree of its own (parents -1, 0, .., L-2): a recurrent mixer gathers its kept
-            inputs at ``path`` and asks the tree ops for the state after the chain's last node, a system
-            of L steps instead of the whole tree's N.
     """
 
     tree: TokenTree
     node: int
     path: torch.Tensor
-    chain: TokenTree
 
 
 def accepted_path(tree: TokenTree, node: int) -> AcceptedPath:
     """The ``AcceptedPath`` of ``node`` (0 <= node < N) in ``tree``."""
     if not 0 <= node < tree.num_nodes:
         raise ValueError(f"node must lie in [0, {tree.num_nodes - 1}] (a node of the tree), got {node}")
-    path = tree_path(tree, node)
-    chain = token_tree(torch.arange(-1, len(path) - 1, device=path.device))
-    return AcceptedPath(tree, node, path, chain)
-
-
-def substeps(path: torch.Tensor, per_node: int) -> torch.Tensor:
-    """Rows of the ``per_node`` sub-steps of each node in ``path`` [L] (node m's at ``m * per_node + j``, as
-    DeltaProduct lays out its Householder steps): [L * per_node]."""
-    if per_node == 1:
-        return path
-    return (path[:, None] * per_node + torch.arange(per_node, device=path.device)).flatten()
+    return AcceptedPath(tree, node, tree_path(tree, node))
 
 
 class RMSNorm(nn.Module):
@@ -179,11 +164,15 @@ class ShortConv(nn.Module):
     def commit_tree(self, state: dict[str, torch.Tensor], kept: TreeKeep, accepted: AcceptedPath,
                     name: str = "conv") -> None:
         """Write into ``state[name]`` the conv state after the accepted node: the last W-1 inputs of its path
-        (``tree_conv_state`` over the inputs ``forward_tree`` kept), older ones from the committed state."""
-        x = kept[name]
+        (of the inputs ``forward_tree`` kept), older ones from the committed state -- ``tree_conv_state``'s
+        result, taken directly along the path: a gather and a concatenation, where the tree function
+        builds the whole tree's window table (a dozen small ops per conv, which add up over 24 convs)."""
+        x, history = kept[name], self.weight.shape[-1] - 1
         initial = state.get(name)
-        state[name] = tree_conv_state(x, parents=accepted.tree, node=accepted.node, width=self.weight.shape[-1],
-                                      initial_state=None if initial is None else initial.to(x.dtype))
+        if initial is None:
+            initial = x.new_zeros(x.shape[0], history, x.shape[2])
+        window = torch.cat([initial.to(x.dtype), x.index_select(1, accepted.path)], dim=1)
+        state[name] = window[:, window.shape[1] - history:].clone(memory_format=torch.contiguous_format)
 
 
 def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrnn.layers.common import (AcceptedPath, GatedRMSNorm, RMSNorm, ShortConv, TreeKeep, document_starts,
-                                 init_dt_bias, masked, run_short_conv, scan_mode, substeps, wide)
+                                 init_dt_bias, masked, run_short_conv, scan_mode, wide)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_int, check_positive
-from lrnn.ops import (TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule,
-                      tree_delta_state)
+from lrnn.ops import TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule
 
 State = dict[str, torch.Tensor]
 
@@ -134,16 +133,21 @@ class DeltaNet(nn.Module):
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
         """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
-        without recomputing it: each conv's window along the path, and the delta-rule state after the node
-        (``tree_delta_state`` over the path's n_h sub-steps per token, from the committed state)."""
+        without recomputing it: each conv's window along the path, and the delta-rule state after the node:
+        ``delta_step`` once per node of the path (its n_h Householder steps and gate) on the kept k, v, beta
+        and gates, from the committed state (outputs unused: the node's last key stands in for the query)."""
         if self.use_short_conv:
             for conv, key in ((self.q_conv1d, "conv_q"), (self.k_conv1d, "conv_k"), (self.v_conv1d, "conv_v")):
                 conv.commit_tree(state, kept, accepted, key)
-        path, n_h = accepted.path, self.num_householder
-        steps, log_a = substeps(path, n_h), kept["log_decay"]
-        state["ssm"] = tree_delta_state(kept["k"][:, steps], kept["v"][:, steps], kept["beta"][:, steps],
-                                        None if log_a is None else log_a[:, path], parents=accepted.chain,
-                                        node=len(path) - 1, num_householder=n_h, initial_state=state.get("ssm"))
+        n_h = self.num_householder
+        k, v, beta, log_a = kept["k"], kept["v"], kept["beta"], kept["log_decay"]
+        ssm = state.get("ssm")
+        for m in accepted.path.tolist():
+            steps = slice(m * n_h, (m + 1) * n_h)  # node m's Householder steps
+            _, ssm = delta_step(k[:, steps.stop - 1:steps.stop], k[:, steps], v[:, steps], beta[:, steps],
+                                None if log_a is None else log_a[:, m:m + 1], num_householder=n_h,
+                                initial_state=ssm, validate=False)
+        state["ssm"] = ssm
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None,
                   short_conv: Callable[[ShortConv, torch.Tensor, str], torch.Tensor]):

@@ -23,7 +23,7 @@ from lrnn.layers.reorder import ImportanceReorder
 from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
 from lrnn.validation import check_flag, check_positive
 from lrnn.ops import (TokenTree, compute_dtype, decay_recurrence, decay_step, negative_range, reset_at_starts,
-                      selective_scan, tree_decay_recurrence, tree_decay_state)
+                      selective_scan, tree_decay_recurrence)
 
 State = dict[str, torch.Tensor]
 
@@ -65,14 +65,18 @@ def _keep_recurrence(keep: TreeKeep | None, k, v, log_a, negative) -> None:
         keep.update(k=k, v=v, log_decay=log_a, negative=negative)
 
 
-def _commit_recurrence(state: State, kept: TreeKeep, accepted: AcceptedPath, mode: str) -> None:
-    """Write into ``state["ssm"]`` the state after the accepted node: ``tree_decay_state`` over the kept inputs
-    of its path (a chain of depth + 1 steps from the committed state)."""
-    path = accepted.path
-    negative = kept["negative"]
-    state["ssm"] = tree_decay_state(kept["k"][:, path], kept["v"][:, path], kept["log_decay"][:, path],
-                                    None if negative is None else negative[:, path], parents=accepted.chain,
-                                    node=len(path) - 1, initial_state=state.get("ssm"), mode=mode)
+def _commit_recurrence(state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+    """Write into ``state["ssm"]`` the state after the accepted node: ``decay_step`` once per node of its path,
+    on the kept k, v and decays, from the committed state (the recurrence that path runs; outputs unused,
+    k stands in for the query)."""
+    k, v, log_a, negative = kept["k"], kept["v"], kept["log_decay"], kept["negative"]
+    ssm = state.get("ssm")
+    for m in accepted.path.tolist():
+        node = slice(m, m + 1)
+        _, ssm = decay_step(k[:, node], k[:, node], v[:, node], log_a[:, node],
+                            None if negative is None else negative[:, node], scale=1.0, initial_state=ssm,
+                            validate=False)
+    state["ssm"] = ssm
 
 
 def _selective_scan(v, dt, A, bmat, cmat, negative_eigenvalues: bool, state: State | None) -> torch.Tensor:
@@ -163,7 +167,7 @@ class Mamba2(nn.Module):
         """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
         without recomputing it: the conv window along the path and the SSD state after the node."""
         self.conv1d.commit_tree(state, kept, accepted)
-        _commit_recurrence(state, kept, accepted, "chunk")
+        _commit_recurrence(state, kept, accepted)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
                   short_conv: Callable[[torch.Tensor], torch.Tensor]):
@@ -308,10 +312,9 @@ class Mamba(nn.Module):
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
         """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
-        without recomputing it: the conv window along the path and the scan state after the node (level by
-        level, as the tree pass runs)."""
+        without recomputing it: the conv window along the path and the scan state after the node."""
         self.conv1d.commit_tree(state, kept, accepted)
-        _commit_recurrence(state, kept, accepted, "recurrent")
+        _commit_recurrence(state, kept, accepted)
 
     def _selection(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The input-dependent step and projections of x [B, T, d_inner] (after the conv): dt [B, T, d_inner]
