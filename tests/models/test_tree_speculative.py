@@ -131,10 +131,12 @@ def greedy_reference(model, prompt, new_tokens: int = NEW_TOKENS, eos: int | Non
                     eos_check_every=1)
 
 
-def run_tree(model, prompt, drafter, branching=(2, 2, 1), new_tokens: int = NEW_TOKENS, eos: int | None = None):
+def run_tree(model, prompt, drafter, branching=(2, 2, 1), new_tokens: int = NEW_TOKENS, eos: int | None = None,
+             commit: str = "select"):
     stats = SpeculativeStats()
     out = tree_speculative_generate(model, prompt, drafter, branching,
-                                    SamplingConfig(max_new_tokens=new_tokens, eos_token_id=eos), stats=stats)
+                                    SamplingConfig(max_new_tokens=new_tokens, eos_token_id=eos), stats=stats,
+                                    commit=commit)
     return out, stats
 
 
