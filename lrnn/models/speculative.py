@@ -11,10 +11,11 @@ One step, with the target's cache covering every committed token but the last on
 
 **Rollback: snapshot and replay.** After step 2 the cache has consumed all n drafts. When some are
 rejected, ``speculative_generate`` restores a copy of the cache taken before the verification and replays
-``pending, d_1 .. d_a`` in one more forward. The alternative, reading the state after position a out of
-the verification pass, needs every layer to return per-position (or selected-position) states, which the
-mixers do not do today (the tree ops' ``*_state`` functions will make it possible: see docs/speculative.md).
-Replay is chosen because it is exact by construction for every mixer, attention and hybrids alike (the
+``pending, d_1 .. d_a`` in one more forward. The alternative, ``rollback="select"``, verifies the chain as
+a chain-shaped tree (``LanguageModel.forward_tree``, which leaves the cache alone and keeps what each layer
+needs) and commits the state after position a by selection (``commit_tree_path(..., states=...)``): no
+snapshot and no replay, at the price of a tree pass instead of the chunked forward. Replay is the default
+because it is exact by construction for every mixer, attention and hybrids alike (the
 committed state is what the model computes for the accepted tokens, with nothing layer-specific), and
 because its cost is bounded: it runs only after a rejection, over at most k tokens, as one chunked forward.
 With every draft accepted there is no replay. The snapshot copies every cache tensor (fixed-size states
