@@ -166,7 +166,7 @@ class ShortConv(nn.Module):
         """Write into ``state[name]`` the conv state after the accepted node: the last W-1 inputs of its path
         (of the inputs ``forward_tree`` kept), older ones from the committed state -- ``tree_conv_state``'s
         result, taken directly along the path: a gather and a concatenation, where the tree function
-        builds the whole tree's window table (a dozen small ops per conv, which add up over 24 convs)."""
+        builds the whole tree's window table (a dozen small ops per conv; a DeltaNet layer has three)."""
         x, history = kept[name], self.weight.shape[-1] - 1
         initial = state.get(name)
         if initial is None:

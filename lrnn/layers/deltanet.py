@@ -143,8 +143,8 @@ class DeltaNet(nn.Module):
         k, v, beta, log_a = kept["k"], kept["v"], kept["beta"], kept["log_decay"]
         ssm = state.get("ssm")
         for m in accepted.path.tolist():
-            steps = slice(m * n_h, (m + 1) * n_h)  # node m's Householder steps
-            _, ssm = delta_step(k[:, steps.stop - 1:steps.stop], k[:, steps], v[:, steps], beta[:, steps],
+            first, end = m * n_h, (m + 1) * n_h  # node m's Householder steps
+            _, ssm = delta_step(k[:, end - 1:end], k[:, first:end], v[:, first:end], beta[:, first:end],
                                 None if log_a is None else log_a[:, m:m + 1], num_householder=n_h,
                                 initial_state=ssm, validate=False)
         state["ssm"] = ssm

@@ -164,10 +164,10 @@ class LanguageModel(nn.Module):
         ``states=None``: by **recomputation**, one ordinary cached forward over the path's tokens (the
         reference). ``states`` (from ``forward_tree(..., keep_states=True)`` on this cache and tree): by
         **selection**, no projection, MLP or head recomputed: each mixer's ``commit_tree`` writes its state
-        after ``node`` from what the tree pass kept -- the short convs' windows along the path
-        (``tree_conv_state``), the recurrent states after the path (``tree_decay_state`` /
-        ``tree_delta_state`` over the path's kept k, v, decays and betas), attention's KV cache grown by
-        the path's keys and values, and for LSTM / S4D the state their per-path run left.
+        after ``node`` from what the tree pass kept -- the short convs' windows along the path, the
+        recurrent states after the path (the decode steps ``decay_step`` / ``delta_step`` over the path's
+        kept k, v, decays and betas), attention's KV cache grown by the path's keys and values, and for
+        LSTM / S4D the state their per-path run left.
         """
         if not isinstance(cache, Cache):
             raise TypeError(f"cache must be a Cache (model.new_cache()), got {type(cache).__name__}")
@@ -194,7 +194,7 @@ class LanguageModel(nn.Module):
         if len(states.layers) != len(self.layers) or len(cache) != len(self.layers):
             raise ValueError(f"states and cache must come from this model's {len(self.layers)} layers, got "
                              f"{len(states.layers)} kept layers and a cache of {len(cache)}")
-        if not torch.equal(states.tree.parents.cpu(), tree.parents.cpu()):
+        if not torch.equal(states.tree.parents.to(tree.parents.device), tree.parents):
             raise ValueError(f"states were kept for another tree (parents {states.tree.parents.tolist()}, "
                              f"committing on parents {tree.parents.tolist()})")
         if states.cache_length != cache.length:

@@ -18,9 +18,9 @@ One step, with the target's cache covering every committed token but the last on
 **Commit by state selection.** ``forward_tree`` leaves the cache untouched, so nothing has to be rolled
 back. It runs with ``keep_states=True``: every mixer keeps its per-node op inputs (the short convs' inputs,
 the recurrence's k, v, decays and betas, attention's rotated keys and values; LSTM / S4D their per-node
-states), and the commit writes the states after the accepted node from them -- the tree ops'
-``tree_conv_state`` / ``tree_decay_state`` / ``tree_delta_state`` over the path, the path's keys and values
-appended to the KV cache -- with no projection, MLP or head run again: no second target forward.
+states), and the commit writes the states after the accepted node from them -- the conv windows along the
+path, the decode steps ``decay_step`` / ``delta_step`` over the path's kept inputs, the path's keys and
+values appended to the KV cache -- with no projection, MLP or head run again: no second target forward.
 ``commit="recompute"`` keeps the reference commit instead: one ordinary cached forward over ``pending +
 accepted drafts`` (exact by construction, one more forward over at most depth + 1 tokens per step). The
 tests check that both leave the same cache.
