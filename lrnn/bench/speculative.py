@@ -11,6 +11,10 @@ each of ``--prompts`` code prompts with:
 * ``tree``: ``tree_speculative_generate`` with each ``--branching`` shape (``static_tree``), from the
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
 
+``--chain-rollback`` and ``--tree-commit`` time chains / trees once per listed cache mode (chains: snapshot
+and replay, or verification as a chain-shaped tree with a commit by state selection; trees: commit by state
+selection, or by recomputing the accepted path), interleaved like every other method.
+
 **Prompts: held-out code.** The documents of the training corpus (``--data``; none: the default corpus,
 the Python standard library) are numbered as ``lrnn.data.build_shards`` numbers them (the non-empty
 documents, in corpus order), and only validation documents (``is_validation_document`` at
@@ -62,7 +66,8 @@ from lrnn.models import (LanguageModel, ModelConfig, ModelDrafter, ModelTreeDraf
                          PromptLookupTreeDrafter, SamplingConfig, SpeculativeStats, generate, speculative_generate,
                          tree_speculative_generate)
 from lrnn.models.io import CONFIG_NAME, read_json
-from lrnn.models.tree_speculative import check_branching
+from lrnn.models.speculative import ROLLBACKS
+from lrnn.models.tree_speculative import COMMITS, check_branching
 from lrnn.training.pretrain import PretrainConfig
 from lrnn.validation import check_int
 
@@ -77,6 +82,10 @@ AUTOREGRESSIVE = "autoregressive"
 """The baseline method's name: every speed-up is taken against it."""
 DEFAULT_BRANCHINGS = ((2, 2, 1), (3, 2, 2, 1))
 """The tree shapes timed without ``--branching``: 10 nodes of depth 3, and 33 nodes of depth 4."""
+DEFAULT_ROLLBACK = "replay"
+"""``speculative_generate``'s default ``rollback``: chains timed without ``--chain-rollback``."""
+DEFAULT_COMMIT = "select"
+"""``tree_speculative_generate``'s default ``commit``: trees timed without ``--tree-commit``."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,32 +161,38 @@ def _autoregressive(target: LanguageModel, ids: torch.Tensor, new_tokens: int, s
     return generate(target, ids, sampling=_greedy(new_tokens))
 
 
-def _chain(make_drafter: Callable[[], Any], draft_tokens: int, target: LanguageModel, ids: torch.Tensor,
-           new_tokens: int, stats: SpeculativeStats) -> torch.Tensor:
+def _chain(make_drafter: Callable[[], Any], draft_tokens: int, rollback: str, target: LanguageModel,
+           ids: torch.Tensor, new_tokens: int, stats: SpeculativeStats) -> torch.Tensor:
     return speculative_generate(target, ids, make_drafter(), sampling=_greedy(new_tokens),
-                                num_draft_tokens=draft_tokens, stats=stats)
+                                num_draft_tokens=draft_tokens, stats=stats, rollback=rollback)
 
 
-def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], target: LanguageModel, ids: torch.Tensor,
-          new_tokens: int, stats: SpeculativeStats) -> torch.Tensor:
+def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: str, target: LanguageModel,
+          ids: torch.Tensor, new_tokens: int, stats: SpeculativeStats) -> torch.Tensor:
     return tree_speculative_generate(target, ids, make_drafter(), branching=branching, sampling=_greedy(new_tokens),
-                                     stats=stats)
+                                     stats=stats, commit=commit)
 
 
 def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Sequence[tuple[int, ...]],
-                  ngram: int) -> list[Method]:
+                  ngram: int, chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
+                  tree_commits: Sequence[str] = (DEFAULT_COMMIT,)) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
-    prompt lookup (longest n-gram ``ngram``). Each call gets a fresh drafter (a draft model's cache starts
-    empty, as in a new generation)."""
+    prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
+    ``tree_commits`` (a name shows the mode when it is not the default). Each call gets a fresh drafter (a
+    draft model's cache starts empty, as in a new generation)."""
     drafters = ([("draft model", partial(ModelDrafter, draft), partial(ModelTreeDrafter, draft))] if draft else []) + \
         [("prompt lookup", partial(PromptLookupDrafter, ngram), partial(PromptLookupTreeDrafter, ngram))]
     methods = [Method(AUTOREGRESSIVE, "-", False, _autoregressive)]
     for label, chain_drafter, _ in drafters:
-        methods.append(Method(f"chain k={draft_tokens}", label, True, partial(_chain, chain_drafter, draft_tokens)))
+        for rollback in chain_rollbacks:
+            name = f"chain k={draft_tokens}" + ("" if rollback == DEFAULT_ROLLBACK else f", {rollback}")
+            methods.append(Method(name, label, True, partial(_chain, chain_drafter, draft_tokens, rollback)))
     for branching in branchings:
         shape = ",".join(map(str, branching))
         for label, _, tree_drafter in drafters:
-            methods.append(Method(f"tree {shape}", label, True, partial(_tree, tree_drafter, branching)))
+            for commit in tree_commits:
+                name = f"tree {shape}" + ("" if commit == DEFAULT_COMMIT else f", {commit}")
+                methods.append(Method(name, label, True, partial(_tree, tree_drafter, branching, commit)))
     return methods
 
 
@@ -316,6 +331,8 @@ class Settings:
     ngram: int
     repeats: int
     threads: int
+    chain_rollbacks: tuple[str, ...] = (DEFAULT_ROLLBACK,)
+    tree_commits: tuple[str, ...] = (DEFAULT_COMMIT,)
 
 
 def _describe(model: LanguageModel) -> str:
@@ -334,7 +351,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
     try:
         machine = machine_info(torch.device("cpu"))
         draft = LanguageModel.from_pretrained(s.draft).eval() if s.draft else None
-        methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram)
+        methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits)
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
@@ -467,6 +484,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
                         help="tree shapes: B_d children per node at depth d (default: "
                              f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
+    parser.add_argument("--chain-rollback", nargs="+", choices=ROLLBACKS, default=[DEFAULT_ROLLBACK],
+                        help="how chains leave the cache on the accepted prefix, each timed as a method: replay "
+                             "(snapshot, replay after a rejection) or select (verified as a chain-shaped tree, "
+                             f"committed by state selection) (default {DEFAULT_ROLLBACK})")
+    parser.add_argument("--tree-commit", nargs="+", choices=COMMITS, default=[DEFAULT_COMMIT],
+                        help="how trees commit the accepted path, each timed as a method: select (from the states "
+                             "the verification kept) or recompute (one more forward over the path) "
+                             f"(default {DEFAULT_COMMIT})")
     parser.add_argument("--ngram", type=int, default=3, help="longest n-gram prompt lookup matches (default 3)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds over all prompts and methods; rows report the median (default 3)")
@@ -540,7 +565,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(targets=list(args.target), draft=args.draft, corpus=corpus, val_fraction=args.val_fraction,
                     prompts=prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                     draft_tokens=args.draft_tokens, branchings=list(args.branching or DEFAULT_BRANCHINGS),
-                    ngram=args.ngram, repeats=args.repeats, threads=args.threads)
+                    ngram=args.ngram, repeats=args.repeats, threads=args.threads,
+                    chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)),
+                    tree_commits=tuple(dict.fromkeys(args.tree_commit)))
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:

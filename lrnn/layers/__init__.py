@@ -22,7 +22,7 @@ from lrnn.layers.s4d import S4D, s4d_param_groups
 from lrnn.layers.mamba import Mamba, Mamba2
 from lrnn.layers.deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from lrnn.layers.cache import Cache
-from lrnn.layers.common import GatedRMSNorm, RMSNorm, ShortConv
+from lrnn.layers.common import AcceptedPath, GatedRMSNorm, RMSNorm, ShortConv, TreeKeep, accepted_path
 from lrnn.layers.registry import (GENERIC_FIELDS, MIXERS, MixerSpec, Variant, build_mixer, label_order, mixer_spec,
                                   mixers_with_switch, register)
 
@@ -34,4 +34,5 @@ RECURRENT_MIXERS = mixers_with_switch()
 
 __all__ = ["MIXERS", "RECURRENT_MIXERS", "GENERIC_FIELDS", "MixerSpec", "Variant", "register", "mixer_spec",
            "build_mixer", "label_order", "mixers_with_switch", "Cache", "Mamba", "Mamba2", "DeltaNet", "GatedDeltaNet",
-           "DeltaProduct", "Attention", "LSTM", "S4D", "s4d_param_groups", "RMSNorm", "GatedRMSNorm", "ShortConv"]
+           "DeltaProduct", "Attention", "LSTM", "S4D", "s4d_param_groups", "RMSNorm", "GatedRMSNorm", "ShortConv",
+           "TreeKeep", "AcceptedPath", "accepted_path"]

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import document_starts, forward_tree_by_paths
+from lrnn.layers.common import (AcceptedPath, TreeKeep, commit_tree_by_paths, document_starts,
+                                 forward_tree_by_paths)
 from lrnn.layers.registry import MixerSpec, register
 from lrnn.ops import TokenTree, compute_dtype, tree_attention, tree_positions
 from lrnn.validation import check_positive
@@ -74,20 +75,36 @@ class Attention(nn.Module):
                                              attn_mask=allowed)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: each node attends to the
         cached real tokens and its ancestors-or-self (``tree_attention``), rotated at position = cached real
-        tokens + depth, where the node would sit with its path appended. The cache is read, not changed."""
+        tokens + depth, where the node would sit with its path appended. The cache is read, not changed.
+        With a ``keep`` dict the nodes' (rotated) keys and values are kept for ``commit_tree``."""
         b, n, d = hidden.shape
         q, k, v = self.qkv(hidden).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         past_valid = None if state is None else state.get("valid")
         past = 0 if past_valid is None else past_valid.sum(1)
         positions = tree_positions(tree, past).to(hidden.device).expand(b, n)
         q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        if keep is not None:
+            keep.update(k=k, v=v)
         cached = state is not None and "k" in state
         out = tree_attention(q, k, v, parents=tree, past_k=state["k"] if cached else None,
                              past_v=state["v"] if cached else None, past_valid=past_valid if cached else None)
         return self.o_proj(out.reshape(b, n, d))
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
+        without recomputing it: the KV cache grows by the keys and values of the path's nodes (rotated at
+        the positions the path has when appended), all real tokens."""
+        path = accepted.path
+        k, v = kept["k"][:, path], kept["v"][:, path]
+        valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
+        if "k" in state:
+            k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
+            valid = torch.cat([state["valid"], valid], dim=1)
+        state["k"], state["v"], state["valid"] = k, v, valid
 
 
 def _documents(seq_starts: torch.Tensor, total: int) -> torch.Tensor:
@@ -153,10 +170,16 @@ class LSTM(nn.Module):
         hs = torch.stack(outs, dim=1) if outs else hidden.new_zeros(b, 0, self.hidden_size)  # T = 0: no step
         return self.out_proj(hs)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """The tree path of the nonlinear LSTM: no tree form, so each node runs its own root-to-node path
-        from the cached (h, c) (``forward_tree_by_paths``; exact, one forward per node). hidden [B, N, d]."""
-        return forward_tree_by_paths(self, hidden, state, tree)
+        from the cached (h, c) (``forward_tree_by_paths``; exact, one forward per node). hidden [B, N, d].
+        With a ``keep`` dict every node's (h, c) is kept for ``commit_tree``."""
+        return forward_tree_by_paths(self, hidden, state, tree, keep)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry by the accepted path: the (h, c) its node's run of ``forward_tree`` left."""
+        commit_tree_by_paths(state, kept, accepted)
 
 
 ATTENTION = register(MixerSpec(

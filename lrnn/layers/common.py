@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,32 @@ def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return x
     return x * mask.reshape(*mask.shape, *([1] * (x.ndim - 2))).to(x.dtype)
+
+
+TreeKeep = dict[str, Any]
+"""What a mixer's ``forward_tree(..., keep=...)`` keeps to commit any node afterwards (its per-node op
+inputs, or per-node states): filled by ``forward_tree``, read by the mixer's ``commit_tree``."""
+
+
+@dataclass(frozen=True)
+class AcceptedPath:
+    """The node of a verified tree whose path is committed to the cache.
+
+    Attributes:
+        tree: the verified ``TokenTree`` (N nodes). node: the accepted node, 0 <= node < N.
+        path: LongTensor [L], the nodes from the root to ``node`` (L = depth + 1 tokens join the cache).
+    """
+
+    tree: TokenTree
+    node: int
+    path: torch.Tensor
+
+
+def accepted_path(tree: TokenTree, node: int) -> AcceptedPath:
+    """The ``AcceptedPath`` of ``node`` (0 <= node < N) in ``tree``."""
+    if not 0 <= node < tree.num_nodes:
+        raise ValueError(f"node must lie in [0, {tree.num_nodes - 1}] (a node of the tree), got {node}")
+    return AcceptedPath(tree, node, tree_path(tree, node))
 
 
 class RMSNorm(nn.Module):
@@ -177,15 +205,31 @@ class ShortConv(nn.Module):
         return y
 
     def forward_tree(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None, tree: TokenTree,
-                     name: str = "conv") -> torch.Tensor:
+                     name: str = "conv", keep: TreeKeep | None = None) -> torch.Tensor:
         """x [B, N, D] over the N nodes of ``tree`` -> [B, N, D], each node's window along its root-to-node
-        path after the committed inputs in ``state[name]`` (read, not changed; absent: zeros)."""
+        path after the committed inputs in ``state[name]`` (read, not changed; absent: zeros). With a
+        ``keep`` dict the conv inputs x are kept under ``name`` for ``commit_tree``."""
+        if keep is not None:
+            keep[name] = x
         initial = None if state is None else state.get(name)
         y, _ = tree_short_conv(x, self.weight.squeeze(1).to(x.dtype),
                                None if self.bias is None else self.bias.to(x.dtype), parents=tree,
                                activation=self.activation,
                                initial_state=None if initial is None else initial.to(x.dtype))
         return y
+
+    def commit_tree(self, state: dict[str, torch.Tensor], kept: TreeKeep, accepted: AcceptedPath,
+                    name: str = "conv") -> None:
+        """Write into ``state[name]`` the conv state after the accepted node: the last W-1 inputs of its path
+        (of the inputs ``forward_tree`` kept), older ones from the committed state -- ``tree_conv_state``'s
+        result, taken directly along the path: a gather and a concatenation, where the tree function
+        builds the whole tree's window table (a dozen small ops per conv; a DeltaNet layer has three)."""
+        x, history = kept[name], self.weight.shape[-1] - 1
+        initial = state.get(name)
+        if initial is None:
+            initial = x.new_zeros(x.shape[0], history, x.shape[2])
+        window = torch.cat([initial.to(x.dtype), x.index_select(1, accepted.path)], dim=1)
+        state[name] = window[:, window.shape[1] - history:].clone(memory_format=torch.contiguous_format)
 
 
 def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> torch.Tensor:
@@ -246,19 +290,30 @@ def document_starts(seq_starts: torch.Tensor | None, hidden: torch.Tensor,
 
 
 def forward_tree_by_paths(layer: nn.Module, hidden: torch.Tensor, state: dict[str, torch.Tensor] | None,
-                          tree: TokenTree) -> torch.Tensor:
+                          tree: TokenTree, keep: TreeKeep | None = None) -> torch.Tensor:
     """The tree path of a mixer without a tree form (LSTM, S4D): node m's output is the last output of
     ``layer`` run over m's root-to-node path from a copy of ``state``. hidden [B, N, d] -> [B, N, d_out].
 
     Exact by construction; costs one forward per node over its path (sum of depths + N tokens), so it
     suits the small verification trees only. ``state`` is not changed (each run gets a shallow copy of
-    the dict; the layers replace their entries, they do not write into them).
+    the dict; the layers replace their entries, they do not write into them). Each run leaves the state
+    after its node in its copy: with a ``keep`` dict those N copies are kept (``"node_states"``) for
+    ``commit_tree_by_paths``.
     """
-    outputs = []
+    outputs, node_states = [], []
     for node in range(tree.num_nodes):
         path = tree_path(tree, node).to(hidden.device)
         copy = None if state is None else dict(state)
         outputs.append(layer(hidden[:, path], copy)[:, -1])
+        node_states.append(copy)
+    if keep is not None:
+        keep["node_states"] = node_states
     if not outputs:
         return layer(hidden, None if state is None else dict(state))
     return torch.stack(outputs, dim=1)
+
+
+def commit_tree_by_paths(state: dict[str, torch.Tensor], kept: TreeKeep, accepted: AcceptedPath) -> None:
+    """The commit of ``forward_tree_by_paths``: the accepted node's own run left its state in a copy of the
+    cache entry; that copy's entries become the cache's."""
+    state.update(kept["node_states"][accepted.node])

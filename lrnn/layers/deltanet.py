@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (GatedRMSNorm, RMSNorm, ShortConv, document_starts, init_dt_bias, masked,
-                                 run_short_conv, scan_mode, wide)
+from lrnn.layers.common import (AcceptedPath, GatedRMSNorm, RMSNorm, ShortConv, TreeKeep, document_starts,
+                                 init_dt_bias, masked, run_short_conv, scan_mode, wide)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_int, check_positive
 from lrnn.ops import TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule
@@ -116,16 +116,38 @@ class DeltaNet(nn.Module):
                 state["ssm"] = ssm
         return self._output(o, hidden)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
         root-to-node path had followed the cached state (read, not changed). The short convs and the delta
         rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
-        ``tree_delta_rule``'s unit-triangular tree system)."""
+        ``tree_delta_rule``'s unit-triangular tree system). With a ``keep`` dict the convs' inputs and the
+        delta rule's k, v, beta and gates are kept for ``commit_tree``."""
         q, k, v, beta, log_a = self._features(hidden, None,
-                                              lambda conv, x, key: conv.forward_tree(x, state, tree, key))
+                                              lambda conv, x, key: conv.forward_tree(x, state, tree, key, keep))
+        if keep is not None:
+            keep.update(k=k, v=v, beta=beta, log_decay=log_a)
         o, _ = tree_delta_rule(q, k, v, beta, log_a, parents=tree, num_householder=self.num_householder,
                                initial_state=None if state is None else state.get("ssm"))
         return self._output(o, hidden)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
+        without recomputing it: each conv's window along the path, and the delta-rule state after the node:
+        ``delta_step`` once per node of the path (its n_h Householder steps and gate) on the kept k, v, beta
+        and gates, from the committed state (outputs unused: the node's last key stands in for the query)."""
+        if self.use_short_conv:
+            for conv, key in ((self.q_conv1d, "conv_q"), (self.k_conv1d, "conv_k"), (self.v_conv1d, "conv_v")):
+                conv.commit_tree(state, kept, accepted, key)
+        n_h = self.num_householder
+        k, v, beta, log_a = kept["k"], kept["v"], kept["beta"], kept["log_decay"]
+        ssm = state.get("ssm")
+        for m in accepted.path.tolist():
+            first, end = m * n_h, (m + 1) * n_h  # node m's Householder steps
+            _, ssm = delta_step(k[:, end - 1:end], k[:, first:end], v[:, first:end], beta[:, first:end],
+                                None if log_a is None else log_a[:, m:m + 1], num_householder=n_h,
+                                initial_state=ssm, validate=False)
+        state["ssm"] = ssm
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None,
                   short_conv: Callable[[ShortConv, torch.Tensor, str], torch.Tensor]):

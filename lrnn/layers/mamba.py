@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (GatedRMSNorm, ShortConv, document_starts, init_dt_bias, masked,
-                                 run_short_conv, scan_mode)
+from lrnn.layers.common import (AcceptedPath, GatedRMSNorm, ShortConv, TreeKeep, document_starts, init_dt_bias,
+                                 masked, run_short_conv, scan_mode)
 from lrnn.layers.registry import MixerSpec, register
 from lrnn.layers.reorder import ImportanceReorder
 from lrnn.layers.token_dynamics import SignedXProj, check_token_dynamics
@@ -57,6 +57,26 @@ def _scan(q, k, v, log_a, negative, state: State | None, mode: str, chunk_size: 
     if state is not None:
         state["ssm"] = ssm
     return y
+
+
+def _keep_recurrence(keep: TreeKeep | None, k, v, log_a, negative) -> None:
+    """Keep a tree pass's per-node recurrence inputs (k, v, the signed log decay) for ``_commit_recurrence``."""
+    if keep is not None:
+        keep.update(k=k, v=v, log_decay=log_a, negative=negative)
+
+
+def _commit_recurrence(state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+    """Write into ``state["ssm"]`` the state after the accepted node: ``decay_step`` once per node of its path,
+    on the kept k, v and decays, from the committed state (the recurrence that path runs; outputs unused,
+    k stands in for the query)."""
+    k, v, log_a, negative = kept["k"], kept["v"], kept["log_decay"], kept["negative"]
+    ssm = state.get("ssm")
+    for m in accepted.path.tolist():
+        node = slice(m, m + 1)
+        _, ssm = decay_step(k[:, node], k[:, node], v[:, node], log_a[:, node],
+                            None if negative is None else negative[:, node], scale=1.0, initial_state=ssm,
+                            validate=False)
+    state["ssm"] = ssm
 
 
 def _selective_scan(v, dt, A, bmat, cmat, negative_eigenvalues: bool, state: State | None) -> torch.Tensor:
@@ -131,15 +151,25 @@ class Mamba2(nn.Module):
         y = _scan(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, state, mode, self.chunk_size)
         return self._output(y, x, z)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
         root-to-node path had followed the cached state (read, not changed). The short conv and the SSD
-        scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``)."""
+        scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``). With a ``keep``
+        dict the conv inputs and the scan's k, v and decays are kept for ``commit_tree``."""
         z, x, bmat, cmat, dt, log_a, negative = self._features(
-            hidden, None, None, lambda xbc: self.conv1d.forward_tree(xbc, state, tree))
-        y, _ = tree_decay_recurrence(cmat, bmat, x * dt.unsqueeze(-1).to(x.dtype), log_a, negative, parents=tree,
+            hidden, None, None, lambda xbc: self.conv1d.forward_tree(xbc, state, tree, keep=keep))
+        v = x * dt.unsqueeze(-1).to(x.dtype)
+        _keep_recurrence(keep, bmat, v, log_a, negative)
+        y, _ = tree_decay_recurrence(cmat, bmat, v, log_a, negative, parents=tree,
                                      scale=1.0, initial_state=None if state is None else state.get("ssm"))
         return self._output(y, x, z)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
+        without recomputing it: the conv window along the path and the SSD state after the node."""
+        self.conv1d.commit_tree(state, kept, accepted)
+        _commit_recurrence(state, kept, accepted)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
                   short_conv: Callable[[torch.Tensor], torch.Tensor], grouped: bool = False):
@@ -274,21 +304,31 @@ class Mamba(nn.Module):
         y = y * F.silu(z)
         return self.out_proj(y)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model], each node as if its path
         had followed the cached state (read, not changed): ``tree_short_conv``, then the selective scan as
         ``tree_decay_recurrence`` with one decay per (channel, state), level by level (``mode="recurrent"``:
-        with heads = d_inner channels the chunked tree form would hold N^2 d_state decays per channel)."""
+        with heads = d_inner channels the chunked tree form would hold N^2 d_state decays per channel).
+        With a ``keep`` dict the conv inputs and the scan's k, v and decays are kept for ``commit_tree``."""
         if self.reorder is not None:
             raise ValueError("a Mamba layer with reorder_tau is not causal (it permutes the sequence): it has no "
                              "tree path (build it with reorder_tau=None)")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x = self.conv1d.forward_tree(x, state, tree)
+        x = self.conv1d.forward_tree(x, state, tree, keep=keep)
         dt, bmat, cmat = self._selection(x, None)
-        y, _ = tree_decay_recurrence(*self._as_recurrence(x, dt, bmat, cmat, None), parents=tree, scale=1.0,
+        q, k, v, log_a, negative = self._as_recurrence(x, dt, bmat, cmat, None)
+        _keep_recurrence(keep, k, v, log_a, negative)
+        y, _ = tree_decay_recurrence(q, k, v, log_a, negative, parents=tree, scale=1.0,
                                      initial_state=None if state is None else state.get("ssm"), mode="recurrent")
         y = (y.squeeze(-1) + x * self.D.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
+        without recomputing it: the conv window along the path and the scan state after the node."""
+        self.conv1d.commit_tree(state, kept, accepted)
+        _commit_recurrence(state, kept, accepted)
 
     def _selection(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The input-dependent step and projections of x [B, T, d_inner] (after the conv): dt [B, T, d_inner]

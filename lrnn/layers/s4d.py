@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import document_starts, forward_tree_by_paths, scan_mode
+from lrnn.layers.common import (AcceptedPath, TreeKeep, commit_tree_by_paths, document_starts,
+                                 forward_tree_by_paths, scan_mode)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_number, check_positive
 from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues
@@ -119,14 +120,20 @@ class S4D(nn.Module):
         y = self.dropout(F.gelu(y))
         return F.glu(self.output_linear(y), dim=-1)
 
-    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """The tree path of S4D: each node runs its own root-to-node path from the cached state
         (``forward_tree_by_paths``; exact, one forward per node -- a tree form of the complex diagonal
-        recurrence is not written). hidden [B, N, d_model] -> [B, N, d_model]; the cache is not changed."""
+        recurrence is not written). hidden [B, N, d_model] -> [B, N, d_model]; the cache is not changed.
+        With a ``keep`` dict every node's state is kept for ``commit_tree``."""
         if self.bidirectional:
             raise ValueError("a bidirectional S4D layer is non-causal: it has no tree path (build it with "
                              "bidirectional=False)")
-        return forward_tree_by_paths(self, hidden, state, tree)
+        return forward_tree_by_paths(self, hidden, state, tree, keep)
+
+    def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
+        """Advance the cache entry by the accepted path: the state its node's run of ``forward_tree`` left."""
+        commit_tree_by_paths(state, kept, accepted)
 
 
 def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: float) -> list[dict]:

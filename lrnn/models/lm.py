@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers import Cache, RMSNorm, build_mixer
+from lrnn.layers import Cache, RMSNorm, TreeKeep, accepted_path, build_mixer
 from lrnn.models.config import ModelConfig
 from lrnn.ops import TokenTree, check_seq_starts, token_tree, tree_path
 from lrnn.models.generation import SpecialTokens
@@ -52,13 +53,31 @@ class Block(nn.Module):
             x = x + self.mlp(self.norm2(x))
         return x
 
-    def forward_tree(self, x: torch.Tensor, state: dict | None, tree: TokenTree) -> torch.Tensor:
+    def forward_tree(self, x: torch.Tensor, state: dict | None, tree: TokenTree,
+                     keep: TreeKeep | None = None) -> torch.Tensor:
         """``forward`` over the N nodes of a token tree (x [B, N, d_model]): the mixer's tree path; the
-        norms and the MLP are per token. ``state`` is read, not changed."""
-        x = x + self.mixer.forward_tree(self.norm(x), state, tree)
+        norms and the MLP are per token. ``state`` is read, not changed; ``keep`` (a dict or None) is the
+        mixer's, filled with what its ``commit_tree`` needs."""
+        x = x + self.mixer.forward_tree(self.norm(x), state, tree, keep)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
+
+
+@dataclass(frozen=True)
+class TreeStates:
+    """What ``LanguageModel.forward_tree(..., keep_states=True)`` kept to commit any node of the tree without
+    recomputing its path: per layer, the mixer's per-node op inputs (or per-node states) in a dict that only
+    that mixer's ``commit_tree`` reads.
+
+    Attributes:
+        tree: the verified ``TokenTree``. cache_length: ``cache.length`` at verification (a commit checks
+            that the cache has not moved since). layers: one kept dict per layer.
+    """
+
+    tree: TokenTree
+    cache_length: int
+    layers: tuple[TreeKeep, ...]
 
 
 class LanguageModel(nn.Module):
@@ -115,30 +134,73 @@ class LanguageModel(nn.Module):
             x = x[:, -logits_to_keep:]  # the norm and head are per position: the kept rows are unchanged
         return self._head(self.norm_f(x))
 
-    def forward_tree(self, tree_ids: torch.Tensor, cache: Cache | None, parents: torch.Tensor | TokenTree) -> torch.Tensor:
+    def forward_tree(self, tree_ids: torch.Tensor, cache: Cache | None, parents: torch.Tensor | TokenTree,
+                     keep_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, TreeStates]:
         """Verify a token tree in one pass: logits [B, N, vocab] where node m's row equals the last logits of
         ``forward(path_m, cache)`` for m's root-to-node path ``path_m`` (``tree_path``), run from the
         cached state. ``tree_ids`` [B, N]: the nodes' tokens in topological order; ``parents`` [N] (-1:
         follows the cache) or a ``TokenTree`` (built once here otherwise and shared by every layer). The
-        cache is read, not changed: commit an accepted node with ``commit_tree_path``."""
+        cache is read, not changed: commit an accepted node with ``commit_tree_path``.
+
+        ``keep_states=True`` (needs a cache) returns ``(logits, TreeStates)``: every mixer keeps what it
+        needs to produce its state after any node (its per-node op inputs, or per-node states), so that
+        ``commit_tree_path(..., states=...)`` commits by selection, without a second forward."""
         self._check_inputs(tree_ids, cache, None, 0)
+        if keep_states and cache is None:
+            raise ValueError("keep_states=True needs a cache: the kept states are committed into it")
         tree = _tree_of(parents, tree_ids)
+        kept = [{} if keep_states else None for _ in self.layers]
         x = self.embedding(tree_ids)
         for i, layer in enumerate(self.layers):
-            x = layer.forward_tree(x, None if cache is None else cache.layers[i], tree)
-        return self._head(self.norm_f(x))
+            x = layer.forward_tree(x, None if cache is None else cache.layers[i], tree, kept[i])
+        logits = self._head(self.norm_f(x))
+        return (logits, TreeStates(tree, cache.length, tuple(kept))) if keep_states else logits
 
     def commit_tree_path(self, tree_ids: torch.Tensor, cache: Cache, parents: torch.Tensor | TokenTree,
-                         node: int) -> None:
-        """Advance ``cache`` by the root-to-``node`` path of a tree (``node`` = -1: nothing) by recomputing
-        it: one ordinary cached forward over the path's tokens, so the cache is exactly what decoding those
-        tokens would leave, for every mixer (the tree ops' ``*_state`` functions could select the states
-        without that forward; not wired into the layers)."""
+                         node: int, states: TreeStates | None = None) -> None:
+        """Advance ``cache`` by the root-to-``node`` path of a tree verified by ``forward_tree`` (``node`` =
+        -1: nothing), so that it holds exactly what decoding the path's tokens would leave.
+
+        ``states=None``: by **recomputation**, one ordinary cached forward over the path's tokens (the
+        reference). ``states`` (from ``forward_tree(..., keep_states=True)`` on this cache and tree): by
+        **selection**, no projection, MLP or head recomputed: each mixer's ``commit_tree`` writes its state
+        after ``node`` from what the tree pass kept -- the short convs' windows along the path, the
+        recurrent states after the path (the decode steps ``decay_step`` / ``delta_step`` over the path's
+        kept k, v, decays and betas), attention's KV cache grown by the path's keys and values, and for
+        LSTM / S4D the state their per-path run left.
+        """
         if not isinstance(cache, Cache):
             raise TypeError(f"cache must be a Cache (model.new_cache()), got {type(cache).__name__}")
-        path = tree_path(_tree_of(parents, tree_ids), node)
-        if path.numel():
-            self(tree_ids[:, path], cache=cache, logits_to_keep=1)
+        tree = _tree_of(parents, tree_ids)
+        check_int("node (-1: the root, nothing to commit)", node, -1, tree.num_nodes - 1)
+        if states is None:
+            path = tree_path(tree, node)
+            if path.numel():
+                self(tree_ids[:, path], cache=cache, logits_to_keep=1)
+            return
+        self._check_tree_states(states, tree, cache)
+        if node == -1:
+            return
+        accepted = accepted_path(tree, node)
+        for layer, state, kept in zip(self.layers, cache.layers, states.layers):
+            layer.mixer.commit_tree(state, kept, accepted)
+        cache.length += len(accepted.path)
+
+    def _check_tree_states(self, states: TreeStates, tree: TokenTree, cache: Cache) -> None:
+        """Raise unless ``states`` were kept by ``forward_tree`` on ``tree`` with ``cache`` as it is now."""
+        if not isinstance(states, TreeStates):
+            raise TypeError(f"states must be the TreeStates of forward_tree(..., keep_states=True), "
+                            f"got {type(states).__name__}")
+        if len(states.layers) != len(self.layers) or len(cache) != len(self.layers):
+            raise ValueError(f"states and cache must come from this model's {len(self.layers)} layers, got "
+                             f"{len(states.layers)} kept layers and a cache of {len(cache)}")
+        if not torch.equal(states.tree.parents.to(tree.parents.device), tree.parents):
+            raise ValueError(f"states were kept for another tree (parents {states.tree.parents.tolist()}, "
+                             f"committing on parents {tree.parents.tolist()})")
+        if states.cache_length != cache.length:
+            raise ValueError(f"the cache has moved since the tree pass (length {cache.length}, "
+                             f"{states.cache_length} when the states were kept): commit once, right after "
+                             f"forward_tree")
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of normalised hidden states: the head, without the vocabulary padding columns."""

@@ -11,10 +11,11 @@ One step, with the target's cache covering every committed token but the last on
 
 **Rollback: snapshot and replay.** After step 2 the cache has consumed all n drafts. When some are
 rejected, ``speculative_generate`` restores a copy of the cache taken before the verification and replays
-``pending, d_1 .. d_a`` in one more forward. The alternative, reading the state after position a out of
-the verification pass, needs every layer to return per-position (or selected-position) states, which the
-mixers do not do today (the tree ops' ``*_state`` functions will make it possible: see docs/speculative.md).
-Replay is chosen because it is exact by construction for every mixer, attention and hybrids alike (the
+``pending, d_1 .. d_a`` in one more forward. The alternative, ``rollback="select"``, verifies the chain as
+a chain-shaped tree (``LanguageModel.forward_tree``, which leaves the cache alone and keeps what each layer
+needs) and commits the state after position a by selection (``commit_tree_path(..., states=...)``): no
+snapshot and no replay, at the price of a tree pass instead of the chunked forward. Replay is the default
+because it is exact by construction for every mixer, attention and hybrids alike (the
 committed state is what the model computes for the accepted tokens, with nothing layer-specific), and
 because its cost is bounded: it runs only after a rejection, over at most k tokens, as one chunked forward.
 With every draft accepted there is no replay. The snapshot copies every cache tensor (fixed-size states
@@ -46,7 +47,12 @@ import torch.nn.functional as F
 from lrnn.layers import Cache
 from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
+from lrnn.ops import TokenTree, token_tree
 from lrnn.validation import check_int
+
+
+ROLLBACKS = ("replay", "select")
+"""How ``speculative_generate`` leaves the cache on the accepted prefix (``rollback=``)."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,7 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
                          sampling: SamplingConfig | None = None, num_draft_tokens: int = 4,
                          generator: torch.Generator | None = None,
                          on_token: Callable[[torch.Tensor], None] | None = None,
-                         stats: SpeculativeStats | None = None) -> torch.Tensor:
+                         stats: SpeculativeStats | None = None, rollback: str = "replay") -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after one prompt, ``num_draft_tokens`` drafts verified per forward.
 
     A drop-in for ``generate`` at batch 1: greedy output is ``generate``'s token for token, sampled output
@@ -266,12 +272,19 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
         num_draft_tokens: k, the most drafts verified per target forward (>= 1).
         on_token: optional callback receiving each new token as a [1] tensor (streaming).
         stats: optional ``SpeculativeStats`` to fill (its lists are appended to: pass a fresh one per call).
+        rollback: how the cache ends on the accepted prefix. ``"replay"``: the ordinary chunked forward
+            verifies the drafts (updating the cache) after a snapshot; a rejection restores the snapshot
+            and replays the accepted prefix (one more forward). ``"select"``: the drafts are verified as a
+            chain-shaped tree (``forward_tree``, parents i - 1, the cache read only), and the accepted node
+            is committed by state selection (``commit_tree_path(..., states=...)``): no snapshot, no replay.
 
     Returns:
         [1, T + n] token ids, n <= max_new_tokens.
     """
     sampling = sampling or SamplingConfig()
     _check_arguments(model, input_ids, drafter, sampling, num_draft_tokens)
+    if rollback not in ROLLBACKS:
+        raise ValueError(f"rollback must be one of {ROLLBACKS}, got {rollback!r}")
     stats = stats if stats is not None else SpeculativeStats()
     start = time.perf_counter()
     cache = model.new_cache()
@@ -288,13 +301,22 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
     remaining = sampling.max_new_tokens - 1
     finished = sampling.eos_token_id is not None and int(pending) == sampling.eos_token_id
     sequence = torch.cat([input_ids[0], pending])
+    chains: dict[int, TokenTree] = {}  # chain-shaped trees by draft length (rollback="select")
     while remaining and not finished:
         most = min(num_draft_tokens, remaining - 1)  # a step emits up to most + 1 tokens
         draft = _checked(drafter.propose(sequence, most, sampling, generator), most, model.config.vocab_size,
                          sequence) if most else Draft(sequence[:0])
         n = len(draft.tokens)
-        snapshot = cache.clone() if n else None
-        logits = model(torch.cat([pending, draft.tokens])[None], cache=cache)[0]  # [n + 1, V]
+        ids = torch.cat([pending, draft.tokens])[None]
+        if rollback == "select":  # the chain as a tree: node i follows node i - 1, node 0 the cache
+            if n not in chains:
+                chains[n] = token_tree(torch.arange(-1, n, device=ids.device))
+            chain = chains[n]
+            logits, kept = model.forward_tree(ids, cache, chain, keep_states=True)
+        else:
+            snapshot = cache.clone() if n else None
+            logits = model(ids, cache=cache)
+        logits = logits[0]  # [n + 1, V]
         stats.target_forwards += 1
         accepted, token = verify_draft(logits, draft, sampling, generator)
         emitted, finished = record_step(stats, n, accepted, torch.cat([draft.tokens[:accepted], token[None]]),
@@ -304,7 +326,9 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
         remaining -= len(emitted)
         if finished or not remaining:
             break  # the cache is not needed any more
-        if accepted < n:  # roll back: replay the accepted prefix from the snapshot
+        if rollback == "select":  # pending + the accepted drafts: node `accepted` of the chain
+            model.commit_tree_path(ids, cache, chain, accepted, states=kept)
+        elif accepted < n:  # roll back: replay the accepted prefix from the snapshot
             cache = snapshot
             model(torch.cat([pending, draft.tokens[:accepted]])[None], cache=cache, logits_to_keep=1)
             stats.target_forwards += 1

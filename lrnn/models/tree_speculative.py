@@ -13,15 +13,17 @@ One step, with the target's cache covering every committed token but the last on
    after the current node is one of its children, move to that child; the accepted path plus the argmax
    after its last node are emitted (a + 1 tokens), so the output is greedy decoding token for token.
    Sampling (``sampling_walk``): rejection sampling of the node's children one after the other (below);
-4. the cache is advanced by the accepted path with ``LanguageModel.commit_tree_path``, which recomputes
-   it: one ordinary cached forward over ``pending + accepted drafts`` (at most depth + 1 tokens).
+4. the cache is advanced by the accepted path with ``LanguageModel.commit_tree_path``.
 
-**Commit by recomputation.** ``forward_tree`` leaves the cache untouched, so nothing has to be rolled
-back; the accepted path is then run once more from the committed state. This is exact by construction
-for every mixer (the committed state is what decoding those tokens computes) and costs one extra forward
-over at most depth + 1 tokens per step. Reading the states out of the verification pass (the tree ops'
-``tree_*_state(node=...)`` functions) would save that forward; it needs a per-layer state-selection path
-that is not written (see docs/speculative.md).
+**Commit by state selection.** ``forward_tree`` leaves the cache untouched, so nothing has to be rolled
+back. It runs with ``keep_states=True``: every mixer keeps its per-node op inputs (the short convs' inputs,
+the recurrence's k, v, decays and betas, attention's rotated keys and values; LSTM / S4D their per-node
+states), and the commit writes the states after the accepted node from them -- the conv windows along the
+path, the decode steps ``decay_step`` / ``delta_step`` over the path's kept inputs, the path's keys and
+values appended to the KV cache -- with no projection, MLP or head run again: no second target forward.
+``commit="recompute"`` keeps the reference commit instead: one ordinary cached forward over ``pending +
+accepted drafts`` (exact by construction, one more forward over at most depth + 1 tokens per step). The
+tests check that both leave the same cache.
 
 **Sampling: sequential rejection with point-mass proposals.** At a node with target distribution ``p``
 (``sampling_probs``: temperature, top_k, top_p) and children holding tokens ``t_1 .. t_k``: start with the
@@ -53,6 +55,10 @@ from lrnn.models.speculative import (SpeculativeStats, _emit, check_language_mod
                                      record_step)
 from lrnn.ops import token_tree
 from lrnn.validation import check_int
+
+
+COMMITS = ("select", "recompute")
+"""How ``tree_speculative_generate`` advances the cache by the accepted path (``commit=``)."""
 
 
 @dataclass(frozen=True)
@@ -188,13 +194,14 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
                               branching: Sequence[int] = (2, 2, 1), sampling: SamplingConfig | None = None,
                               generator: torch.Generator | None = None,
                               on_token: Callable[[torch.Tensor], None] | None = None,
-                              stats: SpeculativeStats | None = None) -> torch.Tensor:
+                              stats: SpeculativeStats | None = None, commit: str = "select") -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after one prompt, a draft tree verified per target forward.
 
     Greedy output equals ``generate``'s token for token; sampled output has the distribution of
     ``generate``'s (``sampling_walk``); generation stops at ``eos_token_id`` (included). ``stats`` (a
     ``SpeculativeStats``) counts per step the drafted nodes (``proposed``) and the accepted path length
-    (``accepted``); its ``replays`` are the commit forwards (one per step that continues).
+    (``accepted``); its ``replays`` are the commit forwards (one per step that continues, with
+    ``commit="recompute"`` only).
 
     Args:
         model: the target ``LanguageModel``. input_ids: [1, T] the prompt (T >= 1).
@@ -205,11 +212,17 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
             top_k and top_p samples.
         generator: the random numbers of sampling (the first token and every verification step).
         on_token: optional callback receiving each new token as a [1] tensor (streaming).
+        commit: how the cache advances by the accepted path: ``"select"`` (the states after the accepted
+            node, from what the verification pass kept) or ``"recompute"`` (one more cached forward over
+            the path: the reference).
     Returns:
         [1, T + n] token ids, n <= max_new_tokens.
     """
     sampling = sampling or SamplingConfig(do_sample=False)
     branching = _check_arguments(model, input_ids, drafter, branching, sampling)
+    if commit not in COMMITS:
+        raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
+    select = commit == "select"
     stats = stats if stats is not None else SpeculativeStats()
     start = time.perf_counter()
     cache = model.new_cache()
@@ -230,7 +243,11 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
             if levels else TreeDraft(sequence[:0], sequence[:0])
         ids = torch.cat([pending, draft.tokens])[None]  # node 0: the pending token
         tree = token_tree(torch.cat([pending.new_tensor([-1]), draft.parents + 1]))
-        logits = model.forward_tree(ids, cache, tree)[0]  # [N + 1, V]
+        if select:
+            logits, kept = model.forward_tree(ids, cache, tree, keep_states=True)
+        else:
+            logits, kept = model.forward_tree(ids, cache, tree), None
+        logits = logits[0]  # [N + 1, V]
         stats.target_forwards += 1
         node, token, accepted = sampling_walk(logits, ids[0], tree.parents, sampling, generator) \
             if sampling.do_sample else greedy_walk(logits, ids[0], tree.parents)
@@ -241,9 +258,10 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
         remaining -= len(emitted)
         if finished or not remaining:
             break  # the cache is not needed any more
-        model.commit_tree_path(ids, cache, tree, node)
-        stats.target_forwards += 1
-        stats.replays += 1
+        model.commit_tree_path(ids, cache, tree, node, states=kept)
+        if not select:
+            stats.target_forwards += 1
+            stats.replays += 1
         pending = token[None]
     stats.new_tokens = sum(len(tokens) for tokens in new)
     stats.decode_s = time.perf_counter() - first

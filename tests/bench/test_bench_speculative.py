@@ -214,3 +214,23 @@ def test_a_pretraining_runs_own_split_is_accepted(corpus, other_models):
     assert [p.document for p in settings.prompts] == [3, 7, 11] and settings.corpus == str(corpus)
     with pytest.raises(ValueError, match="trained .* with val_fraction 0.25, not on the default corpus"):
         bench_spec.settings_from_args(parse("--target", other_models["run"], "--val-fraction", VAL_FRACTION))
+
+
+def test_both_cache_modes_are_timed_as_methods_and_checked(models, corpus, tmp_path):
+    """``--chain-rollback replay select`` and ``--tree-commit select recompute``: one method per mode, the
+    non-default mode named in the row, every output checked; the select modes count no commit forwards."""
+    out = tmp_path / "spec.json"
+    argv = [a for a in small_run(models, corpus, "--json", out)]
+    del argv[2:4]  # --draft DIR
+    assert cli(*argv, "--repeats", 1, "--chain-rollback", "replay", "select", "--tree-commit", "select",
+               "recompute") == 0
+    report = json.loads(out.read_text())
+    assert report["methods"] == ["autoregressive", "chain k=4 / prompt lookup", "chain k=4, select / prompt lookup",
+                                 "tree 2,1 / prompt lookup", "tree 2,1, recompute / prompt lookup"]
+    assert report["mismatches"] == []
+    rows = {r["method"]: r for r in report["rows"]}
+    steps = rows["tree 2,1 / prompt lookup"]["steps"]
+    forwards = {name: row["target_forwards_per_token"] * report["new_tokens"] * len(report["prompts"])
+                for name, row in rows.items()}
+    assert round(forwards["tree 2,1 / prompt lookup"]) == len(report["prompts"]) + steps  # prefill + verifications
+    assert forwards["tree 2,1, recompute / prompt lookup"] > forwards["tree 2,1 / prompt lookup"]

@@ -131,10 +131,12 @@ def greedy_reference(model, prompt, new_tokens: int = NEW_TOKENS, eos: int | Non
                     eos_check_every=1)
 
 
-def run_tree(model, prompt, drafter, branching=(2, 2, 1), new_tokens: int = NEW_TOKENS, eos: int | None = None):
+def run_tree(model, prompt, drafter, branching=(2, 2, 1), new_tokens: int = NEW_TOKENS, eos: int | None = None,
+             commit: str = "select"):
     stats = SpeculativeStats()
     out = tree_speculative_generate(model, prompt, drafter, branching,
-                                    SamplingConfig(max_new_tokens=new_tokens, eos_token_id=eos), stats=stats)
+                                    SamplingConfig(max_new_tokens=new_tokens, eos_token_id=eos), stats=stats,
+                                    commit=commit)
     return out, stats
 
 
@@ -157,10 +159,11 @@ def test_later_branches_are_accepted(monkeypatch):
     accepted_paths = []
     tree_pass = model.forward_tree
 
-    def recording(ids, cache, tree):
-        logits = tree_pass(ids, cache, tree)
+    def recording(ids, cache, tree, keep_states=False):
+        result = tree_pass(ids, cache, tree, keep_states=keep_states)
+        logits = result[0] if keep_states else result
         accepted_paths.append((greedy_walk(logits[0], ids[0], tree.parents)[2], tree.parents))
-        return logits
+        return result
 
     monkeypatch.setattr(model, "forward_tree", recording)
     out, _ = run_tree(model, prompt, OracleTreeDrafter(expected[0], p_right=1.0, seed=3), branching=(3, 2))

@@ -198,11 +198,12 @@ class TreeLogitsRecorder:
         self.model, self.real, self.calls = model, model.forward_tree, []
         model.forward_tree = self
 
-    def __call__(self, tree_ids, cache, parents):
-        logits = self.real(tree_ids, cache, parents)
+    def __call__(self, tree_ids, cache, parents, keep_states=False):
+        result = self.real(tree_ids, cache, parents, keep_states=keep_states)
+        logits = result[0] if keep_states else result
         tree = parents if isinstance(parents, TokenTree) else token_tree(parents)
         self.calls.append((cache.length, tree_ids[0], tree.parents, logits[0]))
-        return logits
+        return result
 
     def assert_match_on(self, sequence: torch.Tensor, what: str) -> int:
         """Every node whose root-to-node path lies on ``sequence`` has the uncached full forward's logits at
