@@ -198,8 +198,11 @@ class Mamba2(nn.Module):
         """``in_proj(hidden)`` split into z [B, T, d_inner], xBC [B, T, d_inner + 2GN] and dt [B, T, H], as three
         products with row blocks of its weight (one ``in_proj``, as mamba_ssm checkpoints store it): the
         backward then joins weight-sized gradient blocks instead of copying three activation gradients
-        into one [B, T, 2 d_inner + 2GN + H] tensor."""
+        into one [B, T, 2 d_inner + 2GN + H] tensor. Without autograd, or with ``in_proj`` replaced by an
+        inference format (``lrnn.models.prepare_for_inference``), one product split into views."""
         sizes = [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads]
+        if not (torch.is_grad_enabled() and isinstance(self.in_proj, nn.Linear)):
+            return list(self.in_proj(hidden).split(sizes, dim=-1))
         weights = self.in_proj.weight.split(sizes)
         biases = [None] * 3 if self.in_proj.bias is None else self.in_proj.bias.split(sizes)
         return [F.linear(hidden, weight, bias) for weight, bias in zip(weights, biases)]
