@@ -40,10 +40,16 @@ def test_a_bfloat16_step_tracks_the_float32_step(mixer):
     assert loss16.dtype == torch.float32  # the loss is taken in float32
     assert abs(loss16.item() - loss32.item()) <= 2e-2 * abs(loss32.item())
     assert set(grads16) == set(grads32)
-    worst = max(grads32, key=lambda n: _relative(grads16[n], grads32[n]))
-    # Measured (2026-12-01): loss within 0.5%, the worst gradient tensor 1-9% off (Gated DeltaNet's beta
-    # projection); a broken autocast path (a float32 op fed bfloat16, a lost gradient) is off by O(1).
-    assert _relative(grads16[worst], grads32[worst]) < 0.15, f"{mixer}: gradient of {worst}"
+    flat32, flat16 = (torch.cat([g[n].flatten().float() for n in sorted(grads32)]) for g in (grads32, grads16))
+    assert _relative(flat16, flat32) < 0.05, f"{mixer}: all gradients together"
+    # Per tensor, against its own size plus a small share of the whole gradient's (a tensor whose gradient is
+    # ~1e-5 of the rest -- Mamba-2's dt_bias at init -- carries bfloat16 noise of the same order).
+    # Measured (2026-12-01): loss within 0.5%, tensors 1-9% off (Gated DeltaNet's beta projection); a broken
+    # autocast path (a float32 op fed bfloat16, a lost gradient) is off by O(1).
+    floor = 1e-3 * float(flat32.norm())
+    for name in grads32:
+        error = float((grads16[name].float() - grads32[name]).norm())
+        assert error <= 0.15 * float(grads32[name].norm()) + floor, f"{mixer}: gradient of {name}"
 
 
 def test_an_unknown_precision_is_refused():
