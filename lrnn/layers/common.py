@@ -32,6 +32,31 @@ TreeKeep = dict[str, Any]
 inputs, or per-node states): filled by ``forward_tree``, read by the mixer's ``commit_tree``."""
 
 
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``x / max(||x||, eps)`` over the last dim -- ``F.normalize(x, dim=-1)`` -- with a hand-written backward.
+
+    ``d x = (g - y (g . y)) / ||x||`` with y the output (``g / eps`` where the norm is clamped, as autograd
+    gives): three passes over x instead of autograd's six or so for the norm, clamp, expand and division
+    (fwd+bwd at the DeltaNet family's [256, 40, 4, 32] queries: ~2x faster, measured on one thread)."""
+    return _L2NormalizeFunction.apply(x, eps)
+
+
+class _L2NormalizeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        raw = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        norm = raw.clamp_min(eps)
+        y = x / norm
+        ctx.save_for_backward(y, norm, raw < eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, norm, clamped = ctx.saved_tensors
+        along = (grad * y).sum(-1, keepdim=True).masked_fill_(clamped, 0.0)  # a clamped norm passes no gradient
+        return torch.addcmul(grad, y, along, value=-1).div_(norm), None
+
+
 @dataclass(frozen=True)
 class AcceptedPath:
     """The node of a verified tree whose path is committed to the cache.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrnn.layers.common import (AcceptedPath, GatedRMSNorm, RMSNorm, ShortConv, TreeKeep, document_starts,
-                                 init_dt_bias, masked, run_short_conv, scan_mode, wide)
+                                 init_dt_bias, l2_normalize, masked, run_short_conv, scan_mode, wide)
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_int, check_positive
 from lrnn.ops import TokenTree, delta_chunk_size, delta_rule, delta_step, reset_at_starts, tree_delta_rule
@@ -165,8 +165,8 @@ class DeltaNet(nn.Module):
             v = short_conv(self.v_conv1d, v, "conv_v")
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = F.normalize(q.reshape(b, t, h, self.head_dim), dim=-1)
-        k = F.normalize(k.reshape(b, t * n_h, h, self.head_dim), dim=-1)  # [t, n_h] flattened token-major
+        q = l2_normalize(q.reshape(b, t, h, self.head_dim))
+        k = l2_normalize(k.reshape(b, t * n_h, h, self.head_dim))  # [t, n_h] flattened token-major
         v = v.reshape(b, t * n_h, h, self.value_dim)
         beta = torch.sigmoid(wide(self.b_proj(hidden)))
         if self.negative_eigenvalues:
