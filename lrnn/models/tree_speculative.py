@@ -200,8 +200,9 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
     Greedy output equals ``generate``'s token for token; sampled output has the distribution of
     ``generate``'s (``sampling_walk``); generation stops at ``eos_token_id`` (included). ``stats`` (a
     ``SpeculativeStats``) counts per step the drafted nodes (``proposed``) and the accepted path length
-    (``accepted``); its ``replays`` are the commit forwards (one per step that continues, with
-    ``commit="recompute"`` only).
+    (``accepted``); its ``replays`` are the commit forwards (one per step that drafted and continues, with
+    ``commit="recompute"`` only). A step whose drafter proposed nothing runs an ordinary decode step of
+    the pending token instead of a one-node tree pass (it commits itself).
 
     Args:
         model: the target ``LanguageModel``. input_ids: [1, T] the prompt (T >= 1).
@@ -243,7 +244,12 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
             if levels else TreeDraft(sequence[:0], sequence[:0])
         ids = torch.cat([pending, draft.tokens])[None]  # node 0: the pending token
         tree = token_tree(torch.cat([pending.new_tensor([-1]), draft.parents + 1]))
-        if select:
+        # Nothing drafted (no n-gram match, say): an ordinary decode step of the pending token, which is
+        # its own commit -- the tree pass and the commit of a one-node tree cost more than the step.
+        committed = not len(draft.tokens)
+        if committed:
+            logits, kept = model(ids, cache=cache), None
+        elif select:
             logits, kept = model.forward_tree(ids, cache, tree, keep_states=True)
         else:
             logits, kept = model.forward_tree(ids, cache, tree), None
@@ -258,10 +264,11 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
         remaining -= len(emitted)
         if finished or not remaining:
             break  # the cache is not needed any more
-        model.commit_tree_path(ids, cache, tree, node, states=kept)
-        if not select:
-            stats.target_forwards += 1
-            stats.replays += 1
+        if not committed:
+            model.commit_tree_path(ids, cache, tree, node, states=kept)
+            if not select:
+                stats.target_forwards += 1
+                stats.replays += 1
         pending = token[None]
     stats.new_tokens = sum(len(tokens) for tokens in new)
     stats.decode_s = time.perf_counter() - first

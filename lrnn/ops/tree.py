@@ -23,7 +23,8 @@ from the root (a parity, exact in any float type).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,16 +44,29 @@ class TokenTree:
     ancestor of m) and ``depths`` [N] int64 (number of strict ancestors: 0 for children of the root).
 
     Build it once with ``token_tree(parents)`` and pass it as ``parents`` to every tree op of a model
-    (every layer then reuses the mask instead of rebuilding it).
+    (every layer then reuses the mask, and the index tables the ops derive from it, instead of
+    rebuilding them: see ``derived``).
     """
 
     parents: torch.Tensor
     mask: torch.Tensor
     depths: torch.Tensor
+    # Tables derived from the tree alone (conv window indices, sub-step masks, ...), built on first use.
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_nodes(self) -> int:
         return self.parents.shape[0]
+
+    def derived(self, key: Hashable, build: Callable[[TokenTree], torch.Tensor]) -> torch.Tensor:
+        """``build(self)``, computed once per tree and ``key``: the tree ops derive index tables and masks
+        from the tree alone, and a model's layers all verify the same tree, so each layer after the first
+        reuses them (a dozen small ops per conv and per recurrence otherwise, per layer and step). ``key``
+        must name everything ``build`` depends on besides the tree (e.g. the conv width)."""
+        value = self._derived.get(key)
+        if value is None:
+            value = self._derived[key] = build(self)
+        return value
 
     def to(self, device: torch.device | str) -> TokenTree:
         """The same tree with its tensors on ``device``."""
@@ -150,12 +164,19 @@ def node_indices(node: int | torch.Tensor, num_nodes: int, batch: int, device: t
     return torch.full((batch,), node, dtype=torch.long, device=device)
 
 
-def path_decays(mask: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def strict_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The strict-ancestor mask [N, N] (bool) of an ancestor-or-self mask: the diagonal removed."""
+    return mask & ~torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)
+
+
+def path_decays(mask: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None,
+                strict: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decay products along tree paths (the tree form of ``segment_decay`` and ``prefix_decay``).
 
     Args:
         mask: [N, N] bool ancestor-or-self mask. g: ``log|a|`` [..., N, D] (D = 1 for a scalar decay).
         s: the +-1 signs of the decays [..., N, D], or None (all decays >= 0).
+        strict: ``strict_mask(mask)`` if the caller has it (None: built here).
 
     Returns:
         ``(segment, gamma)``: ``segment[..., m, k, :] = prod of a_j over the nodes j strictly after k on
@@ -163,7 +184,7 @@ def path_decays(mask: torch.Tensor, g: torch.Tensor, s: torch.Tensor | None) -> 
         ``gamma[..., m, :]`` = the product over the whole root-to-m path: [..., N, D].
     """
     maskf = mask.to(g.dtype)
-    strict = (mask & ~torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)).to(g.dtype)
+    strict = (strict_mask(mask) if strict is None else strict).to(g.dtype)
     g = g.clamp(min=_LOG_ZERO)
     # seg[m, k] = sum_j M[m, j] g_j [k strict ancestor of j]: the log-sum over the segment only.
     seg = torch.einsum("mj,...jd,jk->...mkd", maskf, g, strict)

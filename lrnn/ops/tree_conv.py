@@ -51,7 +51,7 @@ def tree_short_conv(
     tree, rows = tree_and_rows(parents, state_node, x)
     sequence = _with_history(x, initial_state, width)
     windows = sequence[:, _window_index(tree, width)]  # [B, N, W, D], oldest input first
-    y = torch.einsum("bnwd,dw->bnd", windows, weight)
+    y = (windows * weight.t()).sum(2)
     if bias is not None:
         y = y + bias
     if activation == "silu":
@@ -95,7 +95,12 @@ def _window_index(tree: TokenTree, width: int) -> torch.Tensor:
     """[N, W] indices into [committed state (W-1), x (N)]: node m's inputs at lags W-1, ..., 1, 0.
 
     The ancestor at lag l exists while l <= depth(m); past it, lag l reads the committed state at
-    ``W-1 - (l - depth(m))`` (the state's last entry right before the path's first node)."""
+    ``W-1 - (l - depth(m))`` (the state's last entry right before the path's first node). Built once
+    per tree and width (``TokenTree.derived``): every conv of every layer shares it."""
+    return tree.derived(("conv_window", width), lambda t: _build_window_index(t, width))
+
+
+def _build_window_index(tree: TokenTree, width: int) -> torch.Tensor:
     history = width - 1
     lag_node = [torch.arange(tree.num_nodes, device=tree.parents.device)]
     for _ in range(1, width):  # ancestors at lags 1..W-1 (-1 past the root)

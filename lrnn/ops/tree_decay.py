@@ -23,7 +23,8 @@ from lrnn.ops import diagonal
 from lrnn.ops.diagonal import decay_step
 from lrnn.ops._chunking import compute_dtype
 from lrnn.ops.decay import signs
-from lrnn.ops.tree import TokenTree, fold_level, path_decays, state_at, tree_and_rows, walk_levels
+from lrnn.ops.tree import (TokenTree, fold_level, path_decays, state_at, strict_mask, tree_and_rows,
+                           walk_levels)
 
 __all__ = ["tree_decay_recurrence", "tree_decay_state"]
 
@@ -70,7 +71,8 @@ def tree_decay_recurrence(
     if mode == "recurrent" and tree.num_nodes > 0:
         return _by_levels(q, k, v, log_decay, decay_negative, tree, scale, initial_state, rows, dtype)
     q_h, k_h, v_h, g_h, s_h, state = _heads_first(q, k, v, log_decay, decay_negative, initial_state, dtype)
-    segment, gamma = path_decays(tree.mask, g_h, s_h)  # [B, H, N, N, D], [B, H, N, D]
+    strict = tree.derived("strict", lambda t: strict_mask(t.mask))
+    segment, gamma = path_decays(tree.mask, g_h, s_h, strict)  # [B, H, N, N, D], [B, H, N, D]
     if scale != 1.0:
         q_h = q_h * scale
     if g_h.shape[-1] == 1:
@@ -113,7 +115,7 @@ def tree_decay_state(
     if mode == "recurrent" and tree.num_nodes > 0:
         return _by_levels(k, k, v, log_decay, decay_negative, tree, 1.0, initial_state, rows, dtype)[1]
     _, k_h, v_h, g_h, s_h, state = _heads_first(k, k, v, log_decay, decay_negative, initial_state, dtype)
-    segment, gamma = path_decays(tree.mask, g_h, s_h)
+    segment, gamma = path_decays(tree.mask, g_h, s_h, tree.derived("strict", lambda t: strict_mask(t.mask)))
     return state_at(rows, k_h, v_h, segment, gamma, state)
 
 

@@ -26,7 +26,8 @@ from lrnn.ops import delta
 from lrnn.ops._chunking import compute_dtype
 from lrnn.ops.decay import signs
 from lrnn.ops.delta import delta_step
-from lrnn.ops.tree import TokenTree, fold_level, path_decays, state_at, tree_and_rows, walk_levels
+from lrnn.ops.tree import (TokenTree, fold_level, path_decays, state_at, strict_mask, tree_and_rows,
+                           walk_levels)
 from lrnn.ops.triangular import unit_lower_inverse
 
 __all__ = ["tree_delta_rule", "tree_delta_state"]
@@ -74,7 +75,8 @@ def tree_delta_rule(
                           rows, dtype)
     k_h, u, segment, gamma, state = _solve(k, v, beta, log_decay, decay_negative, tree, num_householder,
                                            initial_state, dtype)
-    last = _last_step(torch.arange(tree.num_nodes, device=q.device), num_householder)  # where each query sits
+    last = tree.derived(("last_substep", num_householder),  # where each query sits
+                        lambda t: _last_step(torch.arange(t.num_nodes, device=t.mask.device), num_householder))
     q_h = q.to(dtype).transpose(1, 2) * scale
     o = ((q_h @ k_h.transpose(-1, -2)) * segment[:, :, last, :, 0]) @ u
     if state is not None:
@@ -129,7 +131,8 @@ def _solve(k, v, beta, log_decay, decay_negative, tree: TokenTree, n_h: int, ini
     the gate products along paths ``segment`` [B, H, F, F, 1] (the 0/1 ancestor mask without a gate),
     the path gates ``gamma`` [B, H, F, 1] or None, and the committed state [B, H, K, V] or None.
     """
-    mask = _substep_mask(tree.mask, n_h)
+    mask = tree.derived(("substep_mask", n_h), lambda t: _substep_mask(t.mask, n_h))
+    strict = tree.derived(("substep_strict", n_h), lambda t: strict_mask(_substep_mask(t.mask, n_h)))
     k_h, v_h = k.to(dtype).transpose(1, 2), v.to(dtype).transpose(1, 2)
     beta_h = beta.to(dtype).transpose(1, 2).unsqueeze(-1)  # [B, H, F, 1]
     state = None if initial_state is None else initial_state.to(dtype)
@@ -138,8 +141,7 @@ def _solve(k, v, beta, log_decay, decay_negative, tree: TokenTree, n_h: int, ini
     else:
         g = _on_first_substep(log_decay.to(dtype), n_h, 0.0)
         s = None if decay_negative is None else _on_first_substep(signs(decay_negative, g), n_h, 1.0)
-        segment, gamma = path_decays(mask, g, s)
-    strict = mask & ~torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)
+        segment, gamma = path_decays(mask, g, s, strict)
     kk = (k_h @ k_h.transpose(-1, -2)) * segment.squeeze(-1)
     a = torch.where(strict, beta_h * kk, torch.zeros((), dtype=dtype, device=k.device))
     t_beta = unit_lower_inverse(a) * beta_h.transpose(-1, -2)  # (I + A)^{-1} diag(b)

@@ -151,6 +151,41 @@ def test_greedy_tree_speculative_equals_greedy(name):
     assert 0 in accepted and 3 in accepted and accepted & {1, 2}, f"acceptance not partial: {stats.accepted}"
 
 
+class SometimesEmptyDrafter(OracleTreeDrafter):
+    """The oracle's trees, but every third step nothing (as prompt lookup without a match)."""
+
+    def __init__(self, reference: torch.Tensor) -> None:
+        super().__init__(reference, p_right=0.7)
+        self.calls = 0
+
+    def propose_tree(self, sequence, branching):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            return TreeDraft(sequence[:0], sequence[:0])
+        return super().propose_tree(sequence, branching)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "attention", "lstm", "deltanet+attention_every_2"])
+@pytest.mark.parametrize("commit", ["select", "recompute"])
+def test_steps_without_a_draft_decode_one_token(name, commit):
+    """A step that drafted nothing runs an ordinary decode step (no tree pass, no commit forward): the output
+    is still greedy decoding token for token, and only the steps that drafted pay a recompute commit."""
+    model, prompt = model_for(name), random_ids(1, 8, seed=2)
+    expected = greedy_reference(model, prompt)
+    tree_passes = []
+    real = model.forward_tree
+    model.forward_tree = lambda *args, **kwargs: tree_passes.append(1) or real(*args, **kwargs)
+    out, stats = run_tree(model, prompt, SometimesEmptyDrafter(expected[0]), commit=commit)
+    del model.forward_tree
+    assert torch.equal(out, expected)
+    drafted = [n > 0 for n in stats.proposed]
+    assert any(drafted) and not all(drafted)
+    assert len(tree_passes) == sum(drafted)
+    continued = sum(drafted[:-1])  # the last step ends generation: nothing to commit
+    assert stats.replays == (continued if commit == "recompute" else 0)
+    assert stats.target_forwards == 1 + stats.steps + stats.replays
+
+
 def test_later_branches_are_accepted(monkeypatch):
     """The oracle puts the true token in a random child slot: some accepted paths must run through a node
     that is not its parent's first child (a walk that only tries first children would miss them)."""

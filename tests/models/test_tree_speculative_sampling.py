@@ -192,11 +192,13 @@ def test_top_k_1_tree_sampling_equals_greedy(name):
 
 class TreeLogitsRecorder:
     """Wraps ``model.forward_tree`` to record each verification: (committed length, ids [N], parents, logits
-    [N, V])."""
+    [N, V]); and ``model.forward`` for the cached forwards that return every position's logits (the decode
+    step of a step that drafted nothing), recorded as chains."""
 
     def __init__(self, model) -> None:
-        self.model, self.real, self.calls = model, model.forward_tree, []
+        self.model, self.real, self.real_forward, self.calls = model, model.forward_tree, model.forward, []
         model.forward_tree = self
+        model.forward = self.forward
 
     def __call__(self, tree_ids, cache, parents, keep_states=False):
         result = self.real(tree_ids, cache, parents, keep_states=keep_states)
@@ -205,10 +207,18 @@ class TreeLogitsRecorder:
         self.calls.append((cache.length, tree_ids[0], tree.parents, logits[0]))
         return result
 
+    def forward(self, input_ids, cache=None, attention_mask=None, logits_to_keep=0, seq_starts=None):
+        start = None if cache is None else cache.length
+        logits = self.real_forward(input_ids, cache, attention_mask, logits_to_keep, seq_starts)
+        if cache is not None and logits_to_keep == 0 and attention_mask is None and len(input_ids) == 1:
+            n = input_ids.shape[1]
+            self.calls.append((start, input_ids[0], torch.arange(n) - 1, logits[0]))
+        return logits
+
     def assert_match_on(self, sequence: torch.Tensor, what: str) -> int:
         """Every node whose root-to-node path lies on ``sequence`` has the uncached full forward's logits at
         that position (float64: 1e-10); returns how many nodes were compared."""
-        del self.model.forward_tree  # the real method again
+        del self.model.forward_tree, self.model.forward  # the real methods again
         full = self.model(sequence[None])[0]
         compared = 0
         for start, ids, parents, logits in self.calls:

@@ -313,6 +313,28 @@ def test_delta_state_on_demand(gate, mode):
     assert torch.equal(state[0], args["initial_state"][0])
 
 
+def test_one_tree_shared_by_every_op():
+    """A model passes one TokenTree to every layer, and the ops keep the index tables they derive from it
+    (``TokenTree.derived``): convs of several widths, the delta rule with several n_h and gates, and the
+    decay recurrence, run in turn on one tree, give exactly what each gives on a fresh tree."""
+    parents = random_parents("random", 13, seed=4)
+    shared = token_tree(parents)
+    runs = []
+    for W in (4, 2, 3, 4):
+        args = short_conv_inputs(B=2, T=13, D=5, W=W, seed=W)
+        runs.append(lambda tree, a=args: tree_short_conv(**a, parents=tree, state_node=7))
+    for n_h, gate in ((1, False), (2, True), (3, False), (1, True)):
+        args = delta_rule_inputs(B=2, T=13, H=2, K=4, V=3, num_householder=n_h, gate=gate, seed=n_h)
+        runs.append(lambda tree, a=args, n=n_h: tree_delta_rule(**a, parents=tree, num_householder=n, state_node=5))
+    for per_channel in (False, True):
+        args = decay_recurrence_inputs(B=2, T=13, H=2, K=4, V=3, per_channel=per_channel, seed=9)
+        runs.append(lambda tree, a=args: tree_decay_recurrence(**a, parents=tree, state_node=12))
+    for run in runs + runs:  # twice: the second round reads every table from the shared tree
+        for got, expected in zip(run(shared), run(token_tree(parents))):
+            assert torch.equal(got, expected)
+    assert len(shared._derived) >= 6  # the conv windows per width, sub-step masks per n_h, ...
+
+
 # ---------------------------------------------------------------- short conv
 
 
