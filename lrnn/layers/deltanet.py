@@ -122,32 +122,25 @@ class DeltaNet(nn.Module):
         root-to-node path had followed the cached state (read, not changed). The short convs and the delta
         rule (gate and n_h Householder steps included) run with the ancestor mask (``tree_short_conv``,
         ``tree_delta_rule``'s unit-triangular tree system). With a ``keep`` dict the convs' inputs and the
-        delta rule's k, v, beta and gates are kept for ``commit_tree``."""
+        delta rule's per-node terms (``TreeNodeStates``) are kept for ``commit_tree``."""
         q, k, v, beta, log_a = self._features(hidden, None,
                                               lambda conv, x, key: conv.forward_tree(x, state, tree, key, keep))
+        o, node_states = tree_delta_rule(q, k, v, beta, log_a, parents=tree, num_householder=self.num_householder,
+                                         initial_state=None if state is None else state.get("ssm"),
+                                         state_node=None if keep is None else "any")
         if keep is not None:
-            keep.update(k=k, v=v, beta=beta, log_decay=log_a)
-        o, _ = tree_delta_rule(q, k, v, beta, log_a, parents=tree, num_householder=self.num_householder,
-                               initial_state=None if state is None else state.get("ssm"))
+            keep["ssm_states"] = node_states
         return self._output(o, hidden)
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
         """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
-        without recomputing it: each conv's window along the path, and the delta-rule state after the node:
-        ``delta_step`` once per node of the path (its n_h Householder steps and gate) on the kept k, v, beta
-        and gates, from the committed state (outputs unused: the node's last key stands in for the query)."""
+        without recomputing it: each conv's window along the path, and the delta-rule state after the node
+        in one contraction of what the tree pass solved (``TreeNodeStates``: ``S_m = gamma_m S_0 + sum_j
+        L[m, j] k_j u_j^T`` with the UT values u, one op whatever the path's length)."""
         if self.use_short_conv:
             for conv, key in ((self.q_conv1d, "conv_q"), (self.k_conv1d, "conv_k"), (self.v_conv1d, "conv_v")):
                 conv.commit_tree(state, kept, accepted, key)
-        n_h = self.num_householder
-        k, v, beta, log_a = kept["k"], kept["v"], kept["beta"], kept["log_decay"]
-        ssm = state.get("ssm")
-        for m in accepted.path.tolist():
-            first, end = m * n_h, (m + 1) * n_h  # node m's Householder steps
-            _, ssm = delta_step(k[:, end - 1:end], k[:, first:end], v[:, first:end], beta[:, first:end],
-                                None if log_a is None else log_a[:, m:m + 1], num_householder=n_h,
-                                initial_state=ssm, validate=False)
-        state["ssm"] = ssm
+        state["ssm"] = kept["ssm_states"].state_after(accepted.node)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None,
                   short_conv: Callable[[ShortConv, torch.Tensor, str], torch.Tensor]):

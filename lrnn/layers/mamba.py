@@ -156,20 +156,24 @@ class Mamba2(nn.Module):
         """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
         root-to-node path had followed the cached state (read, not changed). The short conv and the SSD
         scan run with the ancestor mask (``tree_short_conv``, ``tree_decay_recurrence``). With a ``keep``
-        dict the conv inputs and the scan's k, v and decays are kept for ``commit_tree``."""
+        dict the conv inputs and the scan's per-node terms (``TreeNodeStates``) are kept for ``commit_tree``."""
         z, x, bmat, cmat, dt, log_a, negative = self._features(
             hidden, None, None, lambda xbc: self.conv1d.forward_tree(xbc, state, tree, keep=keep))
         v = x * dt.unsqueeze(-1).to(x.dtype)
-        _keep_recurrence(keep, bmat, v, log_a, negative)
-        y, _ = tree_decay_recurrence(cmat, bmat, v, log_a, negative, parents=tree,
-                                     scale=1.0, initial_state=None if state is None else state.get("ssm"))
+        y, node_states = tree_decay_recurrence(cmat, bmat, v, log_a, negative, parents=tree, scale=1.0,
+                                               initial_state=None if state is None else state.get("ssm"),
+                                               state_node=None if keep is None else "any")
+        if keep is not None:
+            keep["ssm_states"] = node_states
         return self._output(y, x, z)
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
         """Advance the cache entry ``state`` by the accepted path of the last ``forward_tree(..., keep)``
-        without recomputing it: the conv window along the path and the SSD state after the node."""
+        without recomputing it: the conv window along the path, and the SSD state after the node in one
+        contraction of what the tree pass solved (``TreeNodeStates``: one op whatever the path's length,
+        where a ``decay_step`` per path node costs ~50 us each)."""
         self.conv1d.commit_tree(state, kept, accepted)
-        _commit_recurrence(state, kept, accepted)
+        state["ssm"] = kept["ssm_states"].state_after(accepted.node)
 
     def _features(self, hidden: torch.Tensor, mask: torch.Tensor | None, seq_starts: torch.Tensor | None,
                   short_conv: Callable[[torch.Tensor], torch.Tensor], grouped: bool = False):

@@ -14,7 +14,7 @@ from lrnn.ops.selective_scan import selective_scan
 from lrnn.ops.hippo import S4D_INITS, check_state_size, ptd_legs, s4d_eigenvalues  # S4D's eigenvalue inits
 from lrnn.ops.s4d import DISCRETIZATIONS as S4D_DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
 # Token trees for speculative decoding: the ops run over a tree with the ancestor mask (docs/speculative.md).
-from lrnn.ops.tree import TokenTree, token_tree, tree_leaves, tree_path, tree_positions
+from lrnn.ops.tree import TokenTree, TreeNodeStates, token_tree, tree_leaves, tree_path, tree_positions
 from lrnn.ops.tree_attention import tree_attention
 from lrnn.ops.tree_conv import tree_conv_state, tree_short_conv
 from lrnn.ops.tree_decay import tree_decay_recurrence, tree_decay_state
@@ -23,6 +23,6 @@ from lrnn.ops.tree_delta import tree_delta_rule, tree_delta_state
 __all__ = ["cache_blocks", "check_seq_starts", "compute_dtype", "decay_recurrence", "decay_step", "expand_groups", "delta_chunk_size", "delta_rule", "delta_step",
            "short_conv", "decay_from_values", "negative_range", "reset_at_starts", "selective_scan", "S4D_INITS", "check_state_size", "ptd_legs",
            "s4d_eigenvalues", "S4D_DISCRETIZATIONS", "s4d_discretize", "s4d_kernel", "s4d_scan",
-           "TokenTree", "token_tree", "tree_leaves", "tree_path", "tree_positions", "tree_attention",
+           "TokenTree", "TreeNodeStates", "token_tree", "tree_leaves", "tree_path", "tree_positions", "tree_attention",
            "tree_conv_state", "tree_short_conv", "tree_decay_recurrence", "tree_decay_state", "tree_delta_rule",
            "tree_delta_state"]

@@ -31,7 +31,7 @@ import torch
 from lrnn.ops import _checks
 from lrnn.validation import check_int
 
-__all__ = ["TokenTree", "token_tree", "tree_path", "tree_leaves", "tree_positions"]
+__all__ = ["TokenTree", "TreeNodeStates", "token_tree", "tree_path", "tree_leaves", "tree_positions"]
 
 # log|a| below this is a = 0 for every float type (exp(-1e4) underflows to 0 even in float64). Path sums
 # are matmuls with a 0/1 mask, where a -inf would meet a 0 (NaN); clamping keeps them finite and exact.
@@ -71,6 +71,52 @@ class TokenTree:
     def to(self, device: torch.device | str) -> TokenTree:
         """The same tree with its tensors on ``device``."""
         return TokenTree(self.parents.to(device), self.mask.to(device), self.depths.to(device))
+
+
+@dataclass(frozen=True)
+class TreeNodeStates:
+    """The state after any node of a chunked tree pass, on demand (``state_node="any"`` of
+    ``tree_decay_recurrence`` / ``tree_delta_rule``): what the pass solved anyway, so that once a node is
+    accepted its state is one contraction, whatever its depth,
+
+        S_m = gamma_m S_0 + sum_j L[m, j] k_j u_j^T
+
+    (``u`` = v for the decay recurrence, the solved UT values for the delta rule; ``L`` the decay products
+    along the paths, 0 off m's path). Shapes as ``state_at``: k [B, H, F, K], u [B, H, F, V], segment
+    [B, H, F, F, D], gamma [B, H, F, D] or None, initial_state [B, H, K, V] or None; F = N * steps_per_node
+    (DeltaProduct's n_h sub-steps per node).
+    """
+
+    k: torch.Tensor
+    u: torch.Tensor
+    segment: torch.Tensor
+    gamma: torch.Tensor | None
+    initial_state: torch.Tensor | None
+    steps_per_node: int = 1
+
+    @property
+    def num_nodes(self) -> int:
+        return self.k.shape[2] // self.steps_per_node
+
+    def state_after(self, node: int | torch.Tensor) -> torch.Tensor:
+        """The state after ``node`` (an int, or a LongTensor [B]; -1: the committed state, zeros if None):
+        [B, H, K, V] in the pass's compute dtype (float32, float64 for float64 inputs)."""
+        if isinstance(node, torch.Tensor):  # one node per sequence
+            rows = node_indices(node, self.num_nodes, self.k.shape[0], self.k.device)
+            last = torch.where(rows < 0, rows, rows * self.steps_per_node + (self.steps_per_node - 1))
+            return state_at(last, self.k, self.u, self.segment, self.gamma, self.initial_state)
+        _check_node_index(node, self.num_nodes)
+        b, h, _, dk = self.k.shape
+        if node == -1:
+            return self.initial_state if self.initial_state is not None else self.k.new_zeros(b, h, dk, self.u.shape[-1])
+        # One node for the whole batch: plain slices and one batched matmul-add (state_at's gathers and
+        # selects over the batch cost more than the contraction itself at decoding sizes).
+        m = node * self.steps_per_node + self.steps_per_node - 1
+        weighted = (self.k * self.segment[:, :, m]).transpose(-1, -2)  # [B, H, K, F]: L[m, j] k_j
+        if self.initial_state is None:
+            return weighted @ self.u
+        carried = self.initial_state if self.gamma is None else self.gamma[:, :, m, :, None] * self.initial_state
+        return torch.baddbmm(carried.flatten(0, 1), weighted.flatten(0, 1), self.u.flatten(0, 1)).view(carried.shape)
 
 
 def token_tree(parents: torch.Tensor) -> TokenTree:
@@ -137,12 +183,17 @@ def as_tree(parents: torch.Tensor | TokenTree, num_nodes: int | None = None,
     return tree
 
 
-def tree_and_rows(parents: torch.Tensor | TokenTree, node: int | torch.Tensor | None,
-                  x: torch.Tensor) -> tuple[TokenTree, torch.Tensor | None]:
+def tree_and_rows(parents: torch.Tensor | TokenTree, node: int | torch.Tensor | str | None,
+                  x: torch.Tensor, allow_any: bool = False) -> tuple[TokenTree, torch.Tensor | str | None]:
     """The tree of an op whose input ``x`` [B, N, ...] carries the nodes, on x's device, and ``node`` (an
-    int or a LongTensor [B], or None) as node indices [B] (None stays None)."""
+    int or a LongTensor [B], or None) as node indices [B] (None stays None; so does ``"any"`` where
+    ``allow_any``: the chunked ops' request for a ``TreeNodeStates``)."""
     b, n = x.shape[:2]
     tree = as_tree(parents, n, x.device)
+    if isinstance(node, str) and allow_any:
+        if node != "any":
+            raise ValueError(f'state_node must be an int, a LongTensor [batch], "any" or None, got {node!r}')
+        return tree, node
     return tree, (None if node is None else node_indices(node, n, b, x.device))
 
 

@@ -23,8 +23,8 @@ from lrnn.ops import diagonal
 from lrnn.ops.diagonal import decay_step
 from lrnn.ops._chunking import compute_dtype
 from lrnn.ops.decay import signs
-from lrnn.ops.tree import (TokenTree, fold_level, path_decays, state_at, strict_mask, tree_and_rows,
-                           walk_levels)
+from lrnn.ops.tree import (TokenTree, TreeNodeStates, fold_level, path_decays, state_at, strict_mask,
+                           tree_and_rows, walk_levels)
 
 __all__ = ["tree_decay_recurrence", "tree_decay_state"]
 
@@ -53,7 +53,9 @@ def tree_decay_recurrence(
         scale: multiplies q; None means ``K ** -0.5``.
         initial_state: [B, H, K, V], the committed state (the tree's root), or None (zeros).
         state_node: also return the state after this node: an int, or a LongTensor [B] (one node per
-            sequence); -1 is the root. None: no state.
+            sequence); -1 is the root. ``"any"`` (chunk mode): a ``TreeNodeStates`` instead, whose
+            ``state_after(node)`` gives the state after a node chosen later (speculative decoding's commit).
+            None: no state.
         mode: ``"chunk"`` (the whole tree at once with the ancestor mask: memory O(N^2) per head, O(N^2 K)
             per channel) or ``"recurrent"`` (``decay_step`` over the tree one depth level at a time:
             memory O(widest level * K * V) per head; the choice for per-channel decays with many heads,
@@ -61,12 +63,16 @@ def tree_decay_recurrence(
 
     Returns:
         ``(o, state)``: o [B, N, H, V] in the dtype of v; state [B, H, K, V] in float32 (float64 for
-        float64 inputs), or None unless ``state_node`` is given.
+        float64 inputs) -- a ``TreeNodeStates`` for ``state_node="any"`` -- or None unless ``state_node``
+        is given.
     """
     _checks.check_mode(mode, 1)
     diagonal._check(q, k, v, log_decay, decay_negative, scale, initial_state)
     scale = _checks.resolve_scale(scale, q)
-    tree, rows = tree_and_rows(parents, state_node, q)
+    tree, rows = tree_and_rows(parents, state_node, q, allow_any=True)
+    if isinstance(rows, str) and mode == "recurrent":
+        raise ValueError('state_node="any" (a TreeNodeStates) needs mode="chunk": the recurrent mode keeps no '
+                         'per-node terms')
     dtype = compute_dtype(q.dtype)
     if mode == "recurrent" and tree.num_nodes > 0:
         return _by_levels(q, k, v, log_decay, decay_negative, tree, scale, initial_state, rows, dtype)
@@ -82,7 +88,10 @@ def tree_decay_recurrence(
     o = scores @ v_h
     if state is not None:
         o = o + (q_h * gamma) @ state
-    node_state = None if rows is None else state_at(rows, k_h, v_h, segment, gamma, state)
+    if isinstance(rows, str):  # "any": the state after any node, later
+        node_state = TreeNodeStates(k_h, v_h, segment, gamma, state)
+    else:
+        node_state = None if rows is None else state_at(rows, k_h, v_h, segment, gamma, state)
     return o.transpose(1, 2).to(v.dtype), node_state
 
 

@@ -26,8 +26,8 @@ from lrnn.ops import delta
 from lrnn.ops._chunking import compute_dtype
 from lrnn.ops.decay import signs
 from lrnn.ops.delta import delta_step
-from lrnn.ops.tree import (TokenTree, fold_level, path_decays, state_at, strict_mask, tree_and_rows,
-                           walk_levels)
+from lrnn.ops.tree import (TokenTree, TreeNodeStates, fold_level, path_decays, state_at, strict_mask,
+                           tree_and_rows, walk_levels)
 from lrnn.ops.triangular import unit_lower_inverse
 
 __all__ = ["tree_delta_rule", "tree_delta_state"]
@@ -63,12 +63,16 @@ def tree_delta_rule(
 
     Returns:
         ``(o, state)``: o [B, N, H, V] in the dtype of v; state [B, H, K, V] in float32 (float64 for
-        float64 inputs), or None unless ``state_node`` is given.
+        float64 inputs) -- a ``TreeNodeStates`` for ``state_node="any"`` (chunk mode) -- or None unless
+        ``state_node`` is given.
     """
     _checks.check_mode(mode, 1)
     delta._check(q, k, v, beta, log_decay, decay_negative, num_householder, scale, initial_state)
     scale = _checks.resolve_scale(scale, q)
-    tree, rows = tree_and_rows(parents, state_node, q)
+    tree, rows = tree_and_rows(parents, state_node, q, allow_any=True)
+    if isinstance(rows, str) and mode == "recurrent":
+        raise ValueError('state_node="any" (a TreeNodeStates) needs mode="chunk": the recurrent mode keeps no '
+                         'per-node terms')
     dtype = compute_dtype(q.dtype)
     if mode == "recurrent" and tree.num_nodes > 0:
         return _by_levels(q, k, v, beta, log_decay, decay_negative, tree, num_householder, scale, initial_state,
@@ -82,7 +86,9 @@ def tree_delta_rule(
     if state is not None:
         o = o + (q_h if gamma is None else q_h * gamma[:, :, last]) @ state
     node_state = None
-    if rows is not None:
+    if isinstance(rows, str):  # "any": the state after any node, later
+        node_state = TreeNodeStates(k_h, u, segment, gamma, state, num_householder)
+    elif rows is not None:
         node_state = state_at(_last_step(rows, num_householder), k_h, u, segment, gamma, state)
     return o.transpose(1, 2).to(v.dtype), node_state
 

@@ -313,6 +313,55 @@ def test_delta_state_on_demand(gate, mode):
     assert torch.equal(state[0], args["initial_state"][0])
 
 
+@pytest.mark.parametrize("op", ["decay", "decay_per_channel", "delta", "delta_nh2_gate", "delta_no_state"])
+def test_state_after_any_node(op):
+    """``state_node="any"`` returns a TreeNodeStates whose ``state_after(node)`` equals the ``state_node=node``
+    state (itself checked against the sequential op above) for every node, the root -1 and per-sequence
+    nodes, in float64, with the same outputs; and gradients through it match."""
+    parents = random_parents("random", 12, seed=5)
+    if op.startswith("decay"):
+        args = decay_recurrence_inputs(B=3, T=12, H=2, K=4, V=3, per_channel=op.endswith("channel"), seed=2)
+        run, n_h = tree_decay_recurrence, 1
+    else:
+        n_h = 2 if "nh2" in op else 1
+        args = delta_rule_inputs(B=3, T=12, H=2, K=4, V=3, num_householder=n_h, gate="gate" in op, seed=3,
+                                 initial_state=op != "delta_no_state")
+        run = lambda **a: tree_delta_rule(**a, num_householder=n_h)  # noqa: E731
+    o_any, states = run(**args, parents=parents, state_node="any")
+    assert o_any.shape[1] == 12 and states.num_nodes == 12
+    for node in [-1, *range(12)]:
+        o, expected = run(**args, parents=parents, state_node=node)
+        assert torch.equal(o, o_any)
+        assert_close(states.state_after(node), expected, TOL_F64, f"state after node {node}")
+    nodes = torch.tensor([3, -1, 11])
+    assert_close(states.state_after(nodes), run(**args, parents=parents, state_node=nodes)[1], TOL_F64, "per sequence")
+
+    names = [n for n, x in args.items() if isinstance(x, torch.Tensor) and x.is_floating_point() and n != "q"]
+
+    def grads(select):  # the states do not depend on the queries
+        leaves = {n: (x.detach().clone().requires_grad_(True) if n in names else x) for n, x in args.items()}
+        state = select(leaves)
+        loss = (state * normal(state.shape, generator(7))).sum()
+        return torch.autograd.grad(loss, [leaves[n] for n in names])
+
+    for got, want in zip(grads(lambda a: run(**a, parents=parents, state_node="any")[1].state_after(7)),
+                         grads(lambda a: run(**a, parents=parents, state_node=7)[1])):
+        assert_close(got, want, TOL_F64, "gradient through state_after")
+
+
+def test_state_after_any_node_errors():
+    args = decay_recurrence_inputs(B=2, T=5, H=2, K=4, V=3, seed=2)
+    with pytest.raises(ValueError, match='needs mode="chunk"'):
+        tree_decay_recurrence(**args, parents=torch.arange(5) - 1, state_node="any", mode="recurrent")
+    with pytest.raises(ValueError, match="state_node must be"):
+        tree_decay_recurrence(**args, parents=torch.arange(5) - 1, state_node="all")
+    _, states = tree_decay_recurrence(**args, parents=torch.arange(5) - 1, state_node="any")
+    with pytest.raises(ValueError, match="node"):
+        states.state_after(5)
+    with pytest.raises(ValueError, match="node"):
+        states.state_after(torch.tensor([0, 7]))
+
+
 def test_one_tree_shared_by_every_op():
     """A model passes one TokenTree to every layer, and the ops keep the index tables they derive from it
     (``TokenTree.derived``): convs of several widths, the delta rule with several n_h and gates, and the
