@@ -9,6 +9,8 @@ Subcommands:
     train    one full training step (fwd, bwd, AdamW) of every mixer: ms/step, model FLOP/s vs matmul.
     speculative  greedy decoding of trained models: autoregressive vs chain / tree speculative, tokens/s,
              accepted tokens per step, outputs checked token for token.
+    verify   what a speculative step's target work costs per mixer (random weights of an LM shape): the
+             decode step, a chain's chunked forward, chain- and tree-shaped passes with the select commit.
 
 Submodules are imported only when ``add_subcommands`` builds the parser, so ``python -m lrnn.bench.memory``
 (the memory sweep's child process) starts without loading the rest.
@@ -31,6 +33,7 @@ SUBCOMMANDS = {
     "tasks": "generation speed (tokens/s) of the sequence tasks",
     "train": "time a full training step of every mixer (parity, word-problem and LM configs)",
     "speculative": "greedy decoding speed: autoregressive vs chain and tree speculative decoding",
+    "verify": "cost of a speculative step's verification pass and commit per mixer (decode step = 1)",
 }
 """Subcommand -> one-line help; each is the module ``lrnn.bench.<name>`` with ``add_arguments(parser)``
 and ``run_from_args(args, command, parser) -> int``."""
