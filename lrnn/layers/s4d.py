@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (AcceptedPath, TreeKeep, commit_tree_by_paths, document_starts,
-                                 forward_tree_by_paths, scan_mode)
+from lrnn.layers.common import AcceptedPath, TreeKeep, document_starts, scan_mode
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_number, check_positive
-from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues
+from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues, tree_s4d_scan, tree_s4d_state
 from lrnn.ops import S4D_DISCRETIZATIONS as DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
 
 State = dict[str, torch.Tensor]
@@ -108,9 +107,7 @@ class S4D(nn.Module):
         if mode == "step":  # no single-token S4D op: the recurrent scan on one token is O(N) already
             mode = "recurrent"
         A, B, C, dt = self.ssm_parameters()
-        initial = None
-        if state is not None and "ssm" in state:
-            initial = torch.view_as_complex(state["ssm"].contiguous())
+        initial = self._cached_state(state)
         y, final = s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, initial_state=initial,
                             output_final_state=state is not None, mode=mode, mask=mask,
                             C_anticausal=None if self.C_anticausal is None else _complex(self.C_anticausal),
@@ -122,18 +119,36 @@ class S4D(nn.Module):
 
     def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
                      keep: TreeKeep | None = None) -> torch.Tensor:
-        """The tree path of S4D: each node runs its own root-to-node path from the cached state
-        (``forward_tree_by_paths``; exact, one forward per node -- a tree form of the complex diagonal
-        recurrence is not written). hidden [B, N, d_model] -> [B, N, d_model]; the cache is not changed.
-        With a ``keep`` dict every node's state is kept for ``commit_tree``."""
+        """hidden [B, N, d_model] for the N nodes of ``tree`` -> [B, N, d_model]: node m's output as if its
+        root-to-node path had followed the cached state (read, not changed), by ``tree_s4d_scan`` (the
+        kernel at the depth differences under the ancestor mask: one pass, no forward per node). With a
+        ``keep`` dict the scan's inputs are kept for ``commit_tree``."""
         if self.bidirectional:
             raise ValueError("a bidirectional S4D layer is non-causal: it has no tree path (build it with "
                              "bidirectional=False)")
-        return forward_tree_by_paths(self, hidden, state, tree, keep)
+        A, B, C, dt = self.ssm_parameters()
+        initial = self._cached_state(state)
+        y, _ = tree_s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, parents=tree, initial_state=initial)
+        if keep is not None:
+            keep["ssm_inputs"] = (hidden, initial)
+        y = self.dropout(F.gelu(y))
+        return F.glu(self.output_linear(y), dim=-1)
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
-        """Advance the cache entry by the accepted path: the state its node's run of ``forward_tree`` left."""
-        commit_tree_by_paths(state, kept, accepted)
+        """Advance the cache entry by the accepted path: the SSM state after its node, from the inputs the
+        last ``forward_tree(..., keep)`` kept (``tree_s4d_state``: one contraction over the path)."""
+        hidden, initial = kept["ssm_inputs"]
+        A, B, _, dt = self.ssm_parameters()
+        final = tree_s4d_state(hidden, A, B, dt, self.discretization, parents=accepted.tree, node=accepted.node,
+                               initial_state=initial)
+        state["ssm"] = torch.view_as_real(final)
+
+    @staticmethod
+    def _cached_state(state: State | None) -> torch.Tensor | None:
+        """The complex SSM state [B, H, M] of a cache entry (stored as real [B, H, M, 2]), or None."""
+        if state is None or "ssm" not in state:
+            return None
+        return torch.view_as_complex(state["ssm"].contiguous())
 
 
 def s4d_param_groups(model: nn.Module, lr: float, ssm_lr: float, weight_decay: float) -> list[dict]:

@@ -62,7 +62,10 @@ def s4d_discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor,
 def vandermonde(log_abar: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
     """``Abar^(l + offset)`` for l = 0..length-1: complex [H, M, length] from log Abar [H, M]."""
     steps = torch.arange(offset, offset + length, device=log_abar.device, dtype=log_abar.real.dtype)
-    return torch.exp(log_abar.unsqueeze(-1) * steps)
+    # exp(l (a + ib)) = e^(l a) (cos lb + i sin lb): torch.polar runs the real vectorised exp, cos and sin,
+    # 3-4x faster on the CPU than the complex exp (which is what it computes).
+    log_abar = log_abar.unsqueeze(-1)
+    return torch.polar(torch.exp(log_abar.real * steps), log_abar.imag * steps)
 
 
 def s4d_kernel(log_abar: torch.Tensor, cb: torch.Tensor, length: int) -> torch.Tensor:

@@ -115,21 +115,28 @@ def test_gate_without_negative_values():
     chunk_vs_recurrent(args, 16, TOL_F64)
 
 
-@pytest.mark.parametrize("gate, num_householder, K, beta_range", [
-    (True, 1, 8, (0.0, 2.0)),
-    (False, 1, 8, (0.0, 2.0)),
-    (False, 1, 8, (1.9, 2.0)),
-    (True, 2, 8, (1.9, 2.0)),
-    (False, 2, 2, (2.0, 2.0)),
+@pytest.mark.parametrize("gate, num_householder, K, beta_range, tol", [
+    (True, 1, 8, (0.0, 2.0), TOL_F32),
+    (False, 1, 8, (0.0, 2.0), TOL_F32),
+    (False, 1, 8, (1.9, 2.0), TOL_F32),
+    (True, 2, 8, (1.9, 2.0), TOL_F32),
+    (False, 2, 2, (2.0, 2.0), 4 * TOL_F32),
 ], ids=["gate-nh1-beta0to2", "no_gate-nh1-beta0to2", "no_gate-nh1-beta_near_2", "gate-nh2-beta_near_2",
         "no_gate-nh2-K2-reflections"])
-def test_float32_long_sequence(gate, num_householder, K, beta_range):
-    """Float32 at T = 1024: outputs, state and gradients within relative RMSE 1e-4 of the recurrent run,
-    including betas near 2 (near-reflections, the worst conditioned triangular solves). The last case, exact
-    reflections (beta = 2) with K = 2 and no gate, is the hardest one measured (about 4e-5)."""
+def test_float32_long_sequence(gate, num_householder, K, beta_range, tol):
+    """Float32 chunks of 64 at T = 1024: outputs, state and gradients within relative RMSE ``tol`` of the
+    exact (float64) recurrence, including betas near 2 (near-reflections, the worst conditioned triangular
+    solves): the first four cases measure 2e-7 to 7e-6. The last, exact reflections (beta = 2) with K = 2, no
+    gate and n_h = 2 (128-step triangular solves that nothing damps), is the hardest: 4e-5 on an Intel Xeon,
+    1.1e-4 (outputs) to 1.8e-4 (state) on an AMD EPYC -- the CPUs' float32 kernels round differently -- while
+    float32 recurrent steps measure 3e-6 and the chunk size this K gets by default (16) 2e-5 (tests/ops)."""
     args = delta_rule_inputs(T=1024, K=K, V=8, num_householder=num_householder, gate=gate, beta_range=beta_range,
                              seed=31, dtype=F32)
-    chunk_vs_recurrent(args, 64, TOL_F32, num_householder=num_householder)
+    exact = {name: (x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
+             for name, x in args.items()}
+    chunk = run_with_grads(delta_rule, args, mode="chunk", chunk_size=64, num_householder=num_householder)
+    reference = run_with_grads(delta_rule, exact, mode="recurrent", num_householder=num_householder)
+    assert_runs_match(chunk, reference, tol)
 
 
 def split_time(args: dict, split: int, num_householder: int) -> tuple[dict, dict]:

@@ -1,0 +1,141 @@
+"""The S4D recurrence over a token tree (tree verification for the linear time-invariant diagonal SSM).
+
+S4D is time-invariant, so along node m's root-to-node path (depth d_m, the number of strict ancestors)
+the output and the state after m depend on the path only through the depth differences:
+
+    y_m = sum_k M[m, k] K_{d_m - d_k} u_k + 2 Re(sum_j C_j Abar_j^(d_m + 1) x0_j) + D u_m
+    x_m = Abar^(d_m + 1) x0 + sum_k M[m, k] Abar^(d_m - d_k) Bbar u_k
+
+with ``M`` the ancestor-or-self mask, ``K_l = 2 Re(sum_j C_j Bbar_j Abar_j^l)`` the convolution kernel of
+``s4d_scan`` and ``x0`` the committed state. Along a path the lags d_m - d_k are 0..d_m, once each, so the
+tree pass gathers each node's path inputs by lag (a 0/1 table [N, L, N] built once per tree, L the deepest
+path's length) and weighs them with the L kernel values: O(B N L H) plus L complex powers per mode, where
+running each node's path would cost a forward per node. The state after a node is computed on demand for
+one node per sequence (``tree_s4d_state``: the accepted node of speculative decoding), never for all nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrnn.ops import s4d
+from lrnn.ops.tree import TokenTree, tree_and_rows
+
+__all__ = ["tree_s4d_scan", "tree_s4d_state"]
+
+
+def tree_s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt: torch.Tensor,
+                  D: torch.Tensor | None = None, discretization: str = "zoh", *,
+                  parents: torch.Tensor | TokenTree, initial_state: torch.Tensor | None = None,
+                  state_node: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``s4d_scan`` over a token tree: every node's output, as if its root-to-node path had run.
+
+    Args:
+        u: [B, N, H] (N tree nodes in topological order on the time axis).
+        A, B, C: complex [H, M]; dt [H] > 0; D [H] or None; discretization "zoh" or "bilinear" (as
+            ``s4d_scan``).
+        parents: [N] parent indices (-1: child of the committed state), shared by the batch, or a
+            ``TokenTree`` from ``token_tree(parents)``.
+        initial_state: complex [B, H, M], the committed state (the tree's root), or None (zeros).
+        state_node: also return the state after this node: an int, or a LongTensor [B] (one node per
+            sequence); -1 is the root. None: no state.
+
+    Returns:
+        ``(y, state)``: y [B, N, H] in u's dtype; state complex [B, H, M] (complex64, complex128 for
+        float64 inputs) or None unless ``state_node`` is given.
+    """
+    s4d._check_inputs(u, A, B, C, dt, D, initial_state, None, "chunk", discretization)
+    tree, rows = tree_and_rows(parents, state_node, u)
+    log_abar, bbar, C, x0, uw = _discretized(u, A, B, C, dt, discretization, initial_state)
+    depths = tree.depths
+    longest = int(depths.max()) + 1 if tree.num_nodes else 0  # the deepest path's length
+    powers = s4d.vandermonde(log_abar, longest + 1)  # Abar^l for l = 0..longest, [H, M, longest + 1]
+    # K_l = 2 Re(sum_j C_j Bbar_j Abar_j^l) for the lags l < longest, [H, longest] (s4d_kernel's values; its
+    # blocked powers pay off for long kernels, and these few powers are needed for the free response anyway).
+    kernel = 2.0 * _real_of_product("hj,hjl->hl", C * bbar, powers[..., :longest])
+    # y_m = sum_l K_l u(the node l steps before m on its path): the inputs gathered by lag, [B, N, L, H].
+    by_lag = torch.einsum("mlk,bkh->bmlh", _lag_select(tree, uw.dtype), uw)
+    y = (by_lag * kernel.t()).sum(2)
+    if x0 is not None and tree.num_nodes:
+        # The free response depends on the depth only: 2 Re(sum_j C_j Abar_j^(l + 1) x0_j) for each depth l.
+        free = _real_of_product("hjl,bhj->blh", C[..., None] * powers[..., 1:], x0)
+        y = y + 2.0 * free[:, depths]
+    if D is not None:
+        y = y + uw * D.to(uw.dtype)
+    state = None if rows is None else _state_at(rows, tree, uw, log_abar, bbar, x0)
+    return y.to(u.dtype), state
+
+
+def tree_s4d_state(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor,
+                   discretization: str = "zoh", *, parents: torch.Tensor | TokenTree,
+                   node: int | torch.Tensor, initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    """The state after ``node`` of a tree run by ``tree_s4d_scan`` (no C or D needed): the committed state
+    to carry on from once ``node``'s path is accepted.
+
+    Args as in ``tree_s4d_scan``; ``node`` is an int or a LongTensor [B] (one per sequence), -1 for the
+    root (then the state is ``initial_state``, zeros if None).
+
+    Returns:
+        complex [B, H, M] (complex64, complex128 for float64 inputs).
+    """
+    s4d._check_inputs(u, A, B, B, dt, None, initial_state, None, "chunk", discretization)  # B stands in for C
+    tree, rows = tree_and_rows(parents, node, u)
+    log_abar, bbar, _, x0, uw = _discretized(u, A, B, B, dt, discretization, initial_state)
+    return _state_at(rows, tree, uw, log_abar, bbar, x0)
+
+
+def _discretized(u, A, B, C, dt, discretization, initial_state):
+    """(log Abar, Bbar, C, x0, u) in the compute dtypes of ``s4d_scan`` (float32 at least, float64 when u
+    or the parameters are float64; complex to match)."""
+    real = torch.promote_types(torch.promote_types(u.dtype, torch.float32),
+                               torch.promote_types(dt.dtype, A.real.dtype))
+    cplx = torch.complex128 if real == torch.float64 else torch.complex64
+    log_abar, bbar = s4d.s4d_discretize(A.to(cplx), B.to(cplx), dt.to(real), discretization)
+    x0 = None if initial_state is None else initial_state.to(cplx)
+    return log_abar, bbar, C.to(cplx), x0, u.to(real)
+
+
+def _state_at(rows: torch.Tensor, tree: TokenTree, u: torch.Tensor, log_abar: torch.Tensor,
+              bbar: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+    """``x_m = Abar^(d_m + 1) x0 + sum_k M[m, k] Abar^(d_m - d_k) Bbar u_k`` for m = rows[b] (-1: x0).
+
+    The lags d_m - d_k along m's path are 0..d_m, once each: the path's inputs are gathered by lag
+    ([B, L, H], L = the deepest path's length) and contracted with the L powers of Abar, so only L complex
+    exponentials per mode are taken (an exponential per node and mode costs more than the whole rest).
+    rows [B]; u [B, N, H] real; log Abar, Bbar [H, M]; x0 [B, H, M] or None. Returns [B, H, M]."""
+    b, n, h = u.shape
+    root = rows < 0
+    row = rows.clamp(min=0)
+    state = torch.zeros(b, *log_abar.shape, dtype=log_abar.dtype, device=u.device)
+    steps = torch.zeros(b, dtype=u.dtype, device=u.device)  # Abar^0 = 1 at the root
+    if n:
+        longest = int(tree.depths.max()) + 1
+        select = _lag_select(tree, u.dtype)[row] * (~root).to(u.dtype)[:, None, None]  # [B, L, N]; 0 at the root
+        path_inputs = torch.einsum("blk,bkh->blh", select, u)  # the input l steps before the node, [B, L, H]
+        depth = tree.depths[row]  # [B]
+        powers = s4d.vandermonde(log_abar, longest)  # Abar^l, [H, M, L]
+        summed = torch.complex(torch.einsum("hjl,blh->bhj", powers.real, path_inputs),
+                               torch.einsum("hjl,blh->bhj", powers.imag, path_inputs))
+        state = bbar * summed
+        steps = torch.where(root, steps, (depth + 1).to(u.dtype))
+    if x0 is not None:
+        steps = steps[:, None, None]  # Abar^steps as in vandermonde: the real exp, cos and sin (torch.polar)
+        state = state + torch.polar(torch.exp(steps * log_abar.real), steps * log_abar.imag) * x0
+    return state
+
+
+def _lag_select(tree: TokenTree, dtype: torch.dtype) -> torch.Tensor:
+    """``P[m, l, k] = 1`` iff k is the node l steps before m on m's path (d_m - d_k = l, k on the path):
+    [N, L, N] in ``dtype`` (L = the deepest path's length), built once per tree and dtype."""
+    def build(tree: TokenTree) -> torch.Tensor:
+        longest = int(tree.depths.max()) + 1 if tree.num_nodes else 0
+        lag = tree.depths[:, None] - tree.depths[None, :]  # [N, N]
+        steps = torch.arange(longest, device=lag.device)
+        return (tree.mask[:, None, :] & (lag[:, None, :] == steps[None, :, None])).to(dtype)
+    return tree.derived(("s4d_lag_select", dtype), build)
+
+
+def _real_of_product(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re(einsum(equation, a, b))`` of two complex tensors as two real einsums (complex matrix products
+    on the CPU cost several times their real parts)."""
+    return torch.einsum(equation, a.real, b.real) - torch.einsum(equation, a.imag, b.imag)
