@@ -82,7 +82,7 @@ AUTOREGRESSIVE = "autoregressive"
 """The baseline method's name: every speed-up is taken against it."""
 DEFAULT_BRANCHINGS = ((2, 2, 1), (3, 2, 2, 1))
 """The tree shapes timed without ``--branching``: 10 nodes of depth 3, and 33 nodes of depth 4."""
-DEFAULT_ROLLBACK = "replay"
+DEFAULT_ROLLBACK = "auto"
 """``speculative_generate``'s default ``rollback``: chains timed without ``--chain-rollback``."""
 DEFAULT_COMMIT = "select"
 """``tree_speculative_generate``'s default ``commit``: trees timed without ``--tree-commit``."""
@@ -486,8 +486,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
     parser.add_argument("--chain-rollback", nargs="+", choices=ROLLBACKS, default=[DEFAULT_ROLLBACK],
                         help="how chains leave the cache on the accepted prefix, each timed as a method: replay "
-                             "(snapshot, replay after a rejection) or select (verified as a chain-shaped tree, "
-                             f"committed by state selection) (default {DEFAULT_ROLLBACK})")
+                             "(snapshot, replay after a rejection), select (verified as a chain-shaped tree, "
+                             "committed by state selection) or auto (speculative_generate's default: select, "
+                             f"replay for models with an LSTM layer) (default {DEFAULT_ROLLBACK})")
     parser.add_argument("--tree-commit", nargs="+", choices=COMMITS, default=[DEFAULT_COMMIT],
                         help="how trees commit the accepted path, each timed as a method: select (from the states "
                              "the verification kept) or recompute (one more forward over the path) "

@@ -170,6 +170,9 @@ class LSTM(nn.Module):
         hs = torch.stack(outs, dim=1) if outs else hidden.new_zeros(b, 0, self.hidden_size)  # T = 0: no step
         return self.out_proj(hs)
 
+    tree_pass_per_node = True
+    """``forward_tree`` runs one forward per node (no tree form): chains are cheaper verified by replay."""
+
     def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
                      keep: TreeKeep | None = None) -> torch.Tensor:
         """The tree path of the nonlinear LSTM: no tree form, so each node runs its own root-to-node path

@@ -120,6 +120,12 @@ class LanguageModel(nn.Module):
     def new_cache(self) -> Cache:
         return Cache(len(self.layers))
 
+    @property
+    def tree_pass_per_node(self) -> bool:
+        """Whether some layer's ``forward_tree`` runs one forward per node (a mixer without a tree form, e.g.
+        the LSTM, marks itself ``tree_pass_per_node = True``): then a tree pass costs a forward per node."""
+        return any(getattr(layer.mixer, "tree_pass_per_node", False) for layer in self.layers)
+
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
                 seq_starts: torch.Tensor | None = None) -> torch.Tensor:

@@ -217,15 +217,17 @@ def test_a_pretraining_runs_own_split_is_accepted(corpus, other_models):
 
 
 def test_both_cache_modes_are_timed_as_methods_and_checked(models, corpus, tmp_path):
-    """``--chain-rollback replay select`` and ``--tree-commit select recompute``: one method per mode, the
-    non-default mode named in the row, every output checked; the select modes count no commit forwards."""
+    """``--chain-rollback replay select`` and ``--tree-commit select recompute``: one method per mode, a mode
+    other than the default (auto, chains; select, trees) named in the row, every output checked; the select
+    modes count no commit forwards."""
     out = tmp_path / "spec.json"
     argv = [a for a in small_run(models, corpus, "--json", out)]
     del argv[2:4]  # --draft DIR
     assert cli(*argv, "--repeats", 1, "--chain-rollback", "replay", "select", "--tree-commit", "select",
                "recompute") == 0
     report = json.loads(out.read_text())
-    assert report["methods"] == ["autoregressive", "chain k=4 / prompt lookup", "chain k=4, select / prompt lookup",
+    assert report["methods"] == ["autoregressive", "chain k=4, replay / prompt lookup",
+                                 "chain k=4, select / prompt lookup",
                                  "tree 2,1 / prompt lookup", "tree 2,1, recompute / prompt lookup"]
     assert report["mismatches"] == []
     rows = {r["method"]: r for r in report["rows"]}

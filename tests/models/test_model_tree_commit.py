@@ -141,6 +141,24 @@ def test_greedy_chain_verified_as_a_tree_equals_greedy(name):
     assert stats.replays == 0 and stats.target_forwards == 1 + stats.steps
 
 
+@pytest.mark.parametrize("name", ["mamba2", "s4d", "lstm", "deltanet+attention_every_2"])
+def test_default_rollback_selects_unless_a_layer_has_no_tree_form(name):
+    """``rollback="auto"`` (the default) verifies chains as trees and commits by selection -- no replay, one
+    target forward per step -- except for models with a layer whose tree pass runs a forward per node (the
+    LSTM), which snapshot and replay; the output is greedy decoding's either way."""
+    model, prompt = model_for(name), random_ids(1, 8, seed=3)
+    expected = greedy_reference(model, prompt)
+    stats = SpeculativeStats()
+    out = speculative_generate(model, prompt, OracleDrafter(expected[0], p_right=0.6),
+                               SamplingConfig(max_new_tokens=NEW_TOKENS), num_draft_tokens=4, stats=stats)
+    assert torch.equal(out, expected)
+    assert model.tree_pass_per_node == (name == "lstm")
+    if name == "lstm":
+        assert stats.replays > 0 and stats.target_forwards == 1 + stats.steps + stats.replays
+    else:
+        assert stats.replays == 0 and stats.target_forwards == 1 + stats.steps
+
+
 def test_commit_checks_its_states():
     model = model_for("mamba2")
     tree = token_tree(torch.tensor([-1, 0, 0]))

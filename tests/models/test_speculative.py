@@ -73,9 +73,11 @@ def greedy_reference(model, prompt: torch.Tensor, new_tokens: int = NEW_TOKENS, 
 
 
 def run_speculative(model, prompt, drafter, k: int = 4, new_tokens: int = NEW_TOKENS, **sampling):
+    """Chains with snapshot and replay (this file's subject; ``rollback="select"``, the default for every
+    mixer with a tree form, is tested in test_model_tree_commit.py)."""
     stats = SpeculativeStats()
     out = speculative_generate(model, prompt, drafter, SamplingConfig(max_new_tokens=new_tokens, **sampling),
-                               num_draft_tokens=k, stats=stats)
+                               num_draft_tokens=k, stats=stats, rollback="replay")
     return out, stats
 
 
