@@ -59,6 +59,18 @@ def s4d_discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor,
     raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
 
 
+def discretized(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt: torch.Tensor,
+                discretization: str, initial_state: torch.Tensor | None):
+    """(log Abar, Bbar, C, x0, u) in the compute dtypes of the S4D ops: real float32 at least, float64 when
+    u or the parameters are float64, complex to match (x0 None stays None)."""
+    real = torch.promote_types(torch.promote_types(u.dtype, torch.float32),
+                               torch.promote_types(dt.dtype, A.real.dtype))
+    cplx = _complex_dtype(real)
+    log_abar, bbar = s4d_discretize(A.to(cplx), B.to(cplx), dt.to(real), discretization)
+    x0 = None if initial_state is None else initial_state.to(cplx)
+    return log_abar, bbar, C.to(cplx), x0, u.to(real)
+
+
 def vandermonde(log_abar: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
     """``Abar^(l + offset)`` for l = 0..length-1: complex [H, M, length] from log Abar [H, M]."""
     steps = torch.arange(offset, offset + length, device=log_abar.device, dtype=log_abar.real.dtype)
@@ -153,13 +165,8 @@ def s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         check_seq_starts(seq_starts, u.shape[0], u.shape[1], u)
         if mask is not None:
             raise ValueError("s4d_scan takes a padding mask or seq_starts (packed documents), not both")
-    real = torch.promote_types(torch.promote_types(u.dtype, torch.float32),
-                               torch.promote_types(dt.dtype, A.real.dtype))
-    cplx = _complex_dtype(real)
-    A, B, C, dt = A.to(cplx), B.to(cplx), C.to(cplx), dt.to(real)
-    log_abar, bbar = s4d_discretize(A, B, dt, discretization)
-    x0 = None if initial_state is None else initial_state.to(cplx)
-    uw = u.to(real)
+    log_abar, bbar, C, x0, uw = discretized(u, A, B, C, dt, discretization, initial_state)
+    real = uw.dtype
     if mask is not None:
         mask = mask.bool()
         uw = uw * mask.unsqueeze(-1).to(real)

@@ -46,7 +46,7 @@ def tree_s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Te
     """
     s4d._check_inputs(u, A, B, C, dt, D, initial_state, None, "chunk", discretization)
     tree, rows = tree_and_rows(parents, state_node, u)
-    log_abar, bbar, C, x0, uw = _discretized(u, A, B, C, dt, discretization, initial_state)
+    log_abar, bbar, C, x0, uw = s4d.discretized(u, A, B, C, dt, discretization, initial_state)
     depths = tree.depths
     longest = int(depths.max()) + 1 if tree.num_nodes else 0  # the deepest path's length
     powers = s4d.vandermonde(log_abar, longest + 1)  # Abar^l for l = 0..longest, [H, M, longest + 1]
@@ -62,7 +62,7 @@ def tree_s4d_scan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Te
         y = y + 2.0 * free[:, depths]
     if D is not None:
         y = y + uw * D.to(uw.dtype)
-    state = None if rows is None else _state_at(rows, tree, uw, log_abar, bbar, x0)
+    state = None if rows is None else _state_at(rows, tree, uw, log_abar, bbar, x0, powers[..., :longest])
     return y.to(u.dtype), state
 
 
@@ -80,40 +80,29 @@ def tree_s4d_state(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, dt: torch.
     """
     s4d._check_inputs(u, A, B, B, dt, None, initial_state, None, "chunk", discretization)  # B stands in for C
     tree, rows = tree_and_rows(parents, node, u)
-    log_abar, bbar, _, x0, uw = _discretized(u, A, B, B, dt, discretization, initial_state)
-    return _state_at(rows, tree, uw, log_abar, bbar, x0)
-
-
-def _discretized(u, A, B, C, dt, discretization, initial_state):
-    """(log Abar, Bbar, C, x0, u) in the compute dtypes of ``s4d_scan`` (float32 at least, float64 when u
-    or the parameters are float64; complex to match)."""
-    real = torch.promote_types(torch.promote_types(u.dtype, torch.float32),
-                               torch.promote_types(dt.dtype, A.real.dtype))
-    cplx = torch.complex128 if real == torch.float64 else torch.complex64
-    log_abar, bbar = s4d.s4d_discretize(A.to(cplx), B.to(cplx), dt.to(real), discretization)
-    x0 = None if initial_state is None else initial_state.to(cplx)
-    return log_abar, bbar, C.to(cplx), x0, u.to(real)
+    log_abar, bbar, _, x0, uw = s4d.discretized(u, A, B, B, dt, discretization, initial_state)
+    longest = int(tree.depths.max()) + 1 if tree.num_nodes else 0
+    return _state_at(rows, tree, uw, log_abar, bbar, x0, s4d.vandermonde(log_abar, longest))
 
 
 def _state_at(rows: torch.Tensor, tree: TokenTree, u: torch.Tensor, log_abar: torch.Tensor,
-              bbar: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+              bbar: torch.Tensor, x0: torch.Tensor | None, powers: torch.Tensor) -> torch.Tensor:
     """``x_m = Abar^(d_m + 1) x0 + sum_k M[m, k] Abar^(d_m - d_k) Bbar u_k`` for m = rows[b] (-1: x0).
 
     The lags d_m - d_k along m's path are 0..d_m, once each: the path's inputs are gathered by lag
     ([B, L, H], L = the deepest path's length) and contracted with the L powers of Abar, so only L complex
     exponentials per mode are taken (an exponential per node and mode costs more than the whole rest).
-    rows [B]; u [B, N, H] real; log Abar, Bbar [H, M]; x0 [B, H, M] or None. Returns [B, H, M]."""
+    rows [B]; u [B, N, H] real; log Abar, Bbar [H, M]; x0 [B, H, M] or None; powers = Abar^l for
+    l < L, [H, M, L]. Returns [B, H, M]."""
     b, n, h = u.shape
     root = rows < 0
     row = rows.clamp(min=0)
     state = torch.zeros(b, *log_abar.shape, dtype=log_abar.dtype, device=u.device)
     steps = torch.zeros(b, dtype=u.dtype, device=u.device)  # Abar^0 = 1 at the root
     if n:
-        longest = int(tree.depths.max()) + 1
         select = _lag_select(tree, u.dtype)[row] * (~root).to(u.dtype)[:, None, None]  # [B, L, N]; 0 at the root
         path_inputs = torch.einsum("blk,bkh->blh", select, u)  # the input l steps before the node, [B, L, H]
         depth = tree.depths[row]  # [B]
-        powers = s4d.vandermonde(log_abar, longest)  # Abar^l, [H, M, L]
         summed = torch.complex(torch.einsum("hjl,blh->bhj", powers.real, path_inputs),
                                torch.einsum("hjl,blh->bhj", powers.imag, path_inputs))
         state = bbar * summed

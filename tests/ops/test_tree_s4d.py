@@ -6,14 +6,11 @@ root-to-node path from the committed state; float64 to 1e-10, float32 to 1e-4, g
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from lrnn.ops import s4d_scan, token_tree, tree_leaves, tree_path, tree_s4d_scan, tree_s4d_state
-from lrnn.testing import assert_relative_close
-
+from test_s4d_op import assert_close, ssm_inputs
 from test_tree_ops import TREE, random_parents
 
 F64, F32 = torch.float64, torch.float32
@@ -21,29 +18,10 @@ DISCS = pytest.mark.parametrize("disc", ["zoh", "bilinear"])
 STATE = pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "state"])
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """Relative error, on real and imaginary parts for complex tensors."""
-    if expected.is_complex():
-        actual, expected = torch.view_as_real(actual.resolve_conj()), torch.view_as_real(expected.resolve_conj())
-    assert_relative_close(actual, expected, tol, what)
-
-
 def s4d_args(n: int, batch: int = 3, h: int = 5, m: int = 4, seed: int = 0, dtype=F64, state: bool = True) -> dict:
-    """Random stable SSM parameters (Re A in [-2, -0.1], |Im A| <= 10, dt log-uniform in [1e-3, 0.5]),
-    node inputs u [batch, n, h] and a random committed state."""
-    g = torch.Generator().manual_seed(seed)
-    cd = torch.complex128 if dtype == F64 else torch.complex64
-
-    def c(*shape):
-        return torch.complex(torch.randn(*shape, generator=g, dtype=F64), torch.randn(*shape, generator=g, dtype=F64)).to(cd)
-
-    return dict(u=torch.randn(batch, n, h, generator=g, dtype=F64).to(dtype),
-                A=torch.complex(-torch.rand(h, m, generator=g, dtype=F64) * 1.9 - 0.1,
-                                (torch.rand(h, m, generator=g, dtype=F64) - 0.5) * 20).to(cd),
-                B=c(h, m), C=c(h, m),
-                dt=torch.exp(torch.rand(h, generator=g, dtype=F64) * math.log(500) + math.log(1e-3)).to(dtype),
-                D=torch.randn(h, generator=g, dtype=F64).to(dtype),
-                initial_state=c(batch, h, m) if state else None)
+    """``test_s4d_op.ssm_inputs`` (random stable SSM parameters) with node inputs u [batch, n, h] and the
+    committed state (None without ``state``)."""
+    return dict(initial_state=None) | ssm_inputs(B=batch, T=n, H=h, M=m, seed=seed, dtype=dtype, state=state)
 
 
 def on_path(args: dict, path: torch.Tensor, batch=slice(None)) -> dict:
