@@ -11,6 +11,9 @@ each of ``--prompts`` code prompts with:
 * ``tree``: ``tree_speculative_generate`` with each ``--branching`` shape (``static_tree``), from the
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
 
+``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; chains
+advance in lockstep, see ``speculative_generate``; trees run at batch 1, so none are timed then).
+
 ``--chain-rollback`` and ``--tree-commit`` time chains / trees once per listed cache mode (chains: snapshot
 and replay, or verification as a chain-shaped tree with a commit by state selection; trees: commit by state
 selection, or by recomputing the accepted path), interleaved like every other method.
@@ -137,7 +140,7 @@ def validation_prompts(files: Sequence[Path], tokenizer: TextTokenizer, val_frac
 # Methods
 
 Decode = Callable[[LanguageModel, torch.Tensor, int, SpeculativeStats], torch.Tensor]
-"""``decode(target, prompt [1, T], new_tokens, stats) -> [1, T + new_tokens]``, greedy; speculative methods
+"""``decode(target, prompts [B, T], new_tokens, stats) -> [B, T + new_tokens]``, greedy; speculative methods
 fill ``stats``."""
 
 
@@ -175,12 +178,20 @@ def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: s
 
 def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Sequence[tuple[int, ...]],
                   ngram: int, chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
-                  tree_commits: Sequence[str] = (DEFAULT_COMMIT,)) -> list[Method]:
+                  tree_commits: Sequence[str] = (DEFAULT_COMMIT,), batch: int = 1) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
     prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
     ``tree_commits`` (a name shows the mode when it is not the default). Each call gets a fresh drafter (a
-    draft model's cache starts empty, as in a new generation)."""
-    drafters = ([("draft model", partial(ModelDrafter, draft), partial(ModelTreeDrafter, draft))] if draft else []) + \
+    draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
+    row, and no trees (they run at batch 1: pass no ``branchings``)."""
+    check_int("batch", batch, 1)
+    if batch > 1 and branchings:
+        raise ValueError(f"tree speculative decoding runs at batch 1: no tree shapes at batch {batch}, got "
+                         f"{[','.join(map(str, b)) for b in branchings]}")
+    def per_row(make: Callable[[], Any]) -> Callable[[], Any]:
+        return make if batch == 1 else lambda: [make() for _ in range(batch)]
+    drafters = ([("draft model", per_row(partial(ModelDrafter, draft)), partial(ModelTreeDrafter, draft))]
+                if draft else []) + \
         [("prompt lookup", partial(PromptLookupDrafter, ngram), partial(PromptLookupTreeDrafter, ngram))]
     methods = [Method(AUTOREGRESSIVE, "-", False, _autoregressive)]
     for label, chain_drafter, _ in drafters:
@@ -226,14 +237,20 @@ def _log(message: str) -> None:
 
 
 def bench_target(target: LanguageModel, methods: Sequence[Method], prompts: Sequence[Prompt], new_tokens: int,
-                 repeats: int, log: Callable[[str], None] = _log) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Time every method on ``target`` (``methods[0]`` must be autoregressive: the reference); returns the
-    report rows (one per method) and the mismatches (every call whose output differs from the reference:
-    method, round -- None for the warm-up --, prompt, position, expected and produced token)."""
+                 repeats: int, log: Callable[[str], None] = _log,
+                 batch: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Time every method on ``target`` (``methods[0]`` must be autoregressive: the reference), the prompts
+    decoded in batches of ``batch`` (prompts of one length: no padding); returns the report rows (one per
+    method) and the mismatches (every call whose output differs from the reference: method, round -- None
+    for the warm-up --, batch of prompts, position, expected and produced token)."""
     if not methods or methods[0].name != AUTOREGRESSIVE:
         raise ValueError(f"methods[0] must be the {AUTOREGRESSIVE!r} reference, got "
                          f"{methods[0].name if methods else 'no methods'!r}")
-    inputs = [torch.tensor([p.ids]) for p in prompts]
+    check_int("batch", batch, 1)
+    if len(prompts) % batch or len({len(p.ids) for p in prompts}) > 1:
+        raise ValueError(f"the prompts must split into batches of {batch} of one length, got {len(prompts)} prompts "
+                         f"of lengths {sorted({len(p.ids) for p in prompts})}")
+    inputs = [torch.tensor([p.ids for p in prompts[start:start + batch]]) for start in range(0, len(prompts), batch)]
     with torch.no_grad():
         references = [_autoregressive(target, ids, new_tokens, SpeculativeStats()) for ids in inputs]
     mismatches: list[dict[str, Any]] = []
@@ -255,7 +272,7 @@ def bench_target(target: LanguageModel, methods: Sequence[Method], prompts: Sequ
     calls: dict[str, list[_Call]] = {_key(m): [] for m in methods}
     for r in range(repeats):
         order = list(methods[r % len(methods):]) + list(methods[:r % len(methods)])
-        for p in range(len(prompts)):
+        for p in range(len(inputs)):
             for method in order:
                 calls[_key(method)].append(call(method, p, r))
         seconds = {name: sum(c.seconds for c in done if c.round == r) for name, done in calls.items()}
@@ -278,7 +295,8 @@ def _mismatch(method: Method, round_: int | None, prompt: int, position: int, ou
     def token(ids: torch.Tensor) -> int | None:
         flat = ids.flatten()
         return int(flat[position]) if position < len(flat) else None
-    return {"method": _key(method), "round": round_, "prompt": prompt, "new_token": position - prompt_length,
+    row, column = divmod(position, reference.shape[-1])  # the flattened position in [B, T + n]
+    return {"method": _key(method), "round": round_, "prompt": prompt, "row": row, "new_token": column - prompt_length,
             "expected": token(reference), "got": token(output), "length": output.shape[-1] - prompt_length,
             "expected_length": reference.shape[-1] - prompt_length}
 
@@ -331,6 +349,7 @@ class Settings:
     ngram: int
     repeats: int
     threads: int
+    batch: int = 1
     chain_rollbacks: tuple[str, ...] = (DEFAULT_ROLLBACK,)
     tree_commits: tuple[str, ...] = (DEFAULT_COMMIT,)
 
@@ -351,14 +370,16 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
     try:
         machine = machine_info(torch.device("cpu"))
         draft = LanguageModel.from_pretrained(s.draft).eval() if s.draft else None
-        methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits)
+        methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits,
+                                s.batch)
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
             targets.append({"directory": str(directory), "description": _describe(target)})
-            log(f"{directory} ({targets[-1]['description']}): {len(methods)} methods x {len(s.prompts)} prompts x "
-                f"{s.repeats} rounds")
-            target_rows, target_mismatches = bench_target(target, methods, s.prompts, s.new_tokens, s.repeats, log)
+            log(f"{directory} ({targets[-1]['description']}): {len(methods)} methods x {len(s.prompts)} prompts "
+                f"(batch {s.batch}) x {s.repeats} rounds")
+            target_rows, target_mismatches = bench_target(target, methods, s.prompts, s.new_tokens, s.repeats, log,
+                                                          s.batch)
             rows += [{"target": str(directory), **row} for row in target_rows]
             mismatches += [{"target": str(directory), **m} for m in target_mismatches]
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -369,7 +390,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
             "draft": None if draft is None else {"directory": str(s.draft), "description": _describe(draft)},
             "targets": targets, "corpus": s.corpus, "val_fraction": s.val_fraction,
             "prompts": [{"source": p.source, "document": p.document, "tokens": len(p.ids)} for p in s.prompts],
-            "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens, "repeats": s.repeats,
+            "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens, "repeats": s.repeats, "batch": s.batch,
             "methods": [_key(m) for m in methods], "rows": rows, "mismatches": mismatches}
 
 
@@ -414,7 +435,9 @@ def render(report: dict[str, Any]) -> str:
              f"{round(1 / report['val_fraction'])}, val_fraction {report['val_fraction']}) of "
              f"{report['corpus']}: {', '.join(files)}; each prompt is the end-of-document token and the "
              f"document's first {report['prompt_tokens'] - 1} tokens ({report['prompt_tokens']} tokens). Greedy "
-             f"decoding of {report['new_tokens']} new tokens per prompt (no stop at end-of-document).",
+             f"decoding of {report['new_tokens']} new tokens per prompt (no stop at end-of-document)"
+             + (f", in batches of {report.get('batch', 1)} prompts (chains in lockstep: a step advances every "
+                "row by the fewest drafts a row accepted, plus one)." if report.get("batch", 1) > 1 else "."),
              "",
              "Draft model: " + (f"`{draft['directory']}` ({draft['description']})." if draft else "none (prompt "
                                 "lookup only)."),
@@ -444,7 +467,8 @@ def _verdict(report: dict[str, Any]) -> list[str]:
              "speculative decoding must reproduce it token for token):", ""]
     for x in mismatches:
         when = "warm-up" if x["round"] is None else f"round {x['round'] + 1}"
-        lines.append(f"- `{x['target']}` {x['method']}, {when}, prompt {x['prompt']}: new token {x['new_token']} is "
+        row = f", row {x['row']}" if x.get("row") else ""  # a row of a batch (--batch)
+        lines.append(f"- `{x['target']}` {x['method']}, {when}, prompt {x['prompt']}{row}: new token {x['new_token']} is "
                      f"{x['got']}, autoregressive gives {x['expected']} ({x['length']} vs {x['expected_length']} new "
                      "tokens)")
     return lines
@@ -481,6 +505,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per prompt: end-of-document + the document's start (default 128)")
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     parser.add_argument("--draft-tokens", type=int, default=4, help="k, drafts per chain step (default 4)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="decode the prompts in batches of this many (every method, the baseline too; chains "
+                             "in lockstep; no trees: they run at batch 1); must divide --prompts (default 1)")
     parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
                         help="tree shapes: B_d children per node at depth d (default: "
                              f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
@@ -543,8 +570,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for flag, value, minimum in (("--prompts", args.prompts, 1), ("--prompt-tokens", args.prompt_tokens, 2),
                                  ("--new-tokens", args.new_tokens, 1), ("--draft-tokens", args.draft_tokens, 1),
                                  ("--ngram", args.ngram, 1), ("--repeats", args.repeats, 1),
-                                 ("--threads", args.threads, 1)):
+                                 ("--threads", args.threads, 1), ("--batch", args.batch, 1)):
         check_int(flag, value, minimum)
+    if args.prompts % args.batch:
+        raise ValueError(f"--batch {args.batch} must divide --prompts {args.prompts}")
+    if args.batch > 1 and args.branching:
+        raise ValueError(f"--branching: tree speculative decoding runs at batch 1, not at --batch {args.batch}")
     if not 0 < args.val_fraction <= 0.5:
         raise ValueError(f"--val-fraction must lie in (0, 0.5], got {args.val_fraction}")
     dirs = [("--target", d) for d in args.target] + ([("--draft", args.draft)] if args.draft else [])
@@ -565,8 +596,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     prompts = validation_prompts(files, tokenizer, args.val_fraction, args.prompts, args.prompt_tokens)
     return Settings(targets=list(args.target), draft=args.draft, corpus=corpus, val_fraction=args.val_fraction,
                     prompts=prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                    draft_tokens=args.draft_tokens, branchings=list(args.branching or DEFAULT_BRANCHINGS),
-                    ngram=args.ngram, repeats=args.repeats, threads=args.threads,
+                    draft_tokens=args.draft_tokens,
+                    branchings=[] if args.batch > 1 else list(args.branching or DEFAULT_BRANCHINGS),
+                    ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,
                     chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)),
                     tree_commits=tuple(dict.fromkeys(args.tree_commit)))
 

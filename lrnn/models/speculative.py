@@ -34,13 +34,19 @@ both ``sampling_probs`` of the two models' logits (the same temperature, top_k, 
 reports no ``q`` (prompt lookup) is treated as one-hot: accept with probability ``p_i(d_i)``, else draw from
 ``p_i`` without ``d_i`` -- exact for any drafter whose choice does not depend on the verifier's randomness.
 
-Batch 1 only: sequences of one batch accept different numbers of drafts, so their caches would fall out
-of step (padding inside the sequence would fix that; not done).
+**Batches: lockstep.** Rows of a batch accept different numbers of drafts, and caches that advanced by
+different amounts would no longer be rectangular (attention's KV cache, the positions). So a batch step
+advances every row by the same ``a + 1`` tokens, ``a`` the fewest drafts any unfinished row accepted; a
+row that accepted more keeps its first ``a + 1`` tokens, which are exactly what it would have emitted
+(each accepted or corrected token has the target's distribution given the tokens before it, whatever is
+decided after it). Exact for every mixer and hybrid; a step gains only as much as its least lucky row,
+so the speed-up shrinks with the batch unless the rows' drafts are alike good. Trees run at batch 1.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -216,7 +222,8 @@ class SpeculativeStats:
     accepted: list[int] = field(default_factory=list)
     target_forwards: int = 0  # prefill + verifications + replays
     replays: int = 0
-    new_tokens: int = 0
+    new_tokens: int = 0  # per row
+    rows: int = 1  # the batch size
     prefill_s: float = 0.0  # prompt in, first new token out
     decode_s: float = 0.0  # first to last new token
 
@@ -237,8 +244,11 @@ class SpeculativeStats:
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Decode speed: tokens after the first per second of decoding (None with fewer than 2 tokens)."""
-        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
+        """Decode speed: tokens after the first per second of decoding, all rows together (None with fewer
+        than 2 tokens per row)."""
+        if self.new_tokens < 2 or self.decode_s <= 0:
+            return None
+        return self.rows * (self.new_tokens - 1) / self.decode_s
 
     def summary(self) -> str:
         """One line: steps, accepted tokens per step, acceptance rate, target forwards and tokens/s."""
@@ -251,29 +261,40 @@ class SpeculativeStats:
             parts.append(f"acceptance {100 * self.acceptance_rate:.0f}% of {sum(self.proposed)} drafted")
         parts.append(f"{self.target_forwards} target forwards ({self.replays} replays)")
         if self.tokens_per_s is not None:
-            parts.append(f"decode {self.tokens_per_s:.1f} tokens/s")
+            rows = f" over {self.rows} rows" if self.rows > 1 else ""
+            parts.append(f"decode {self.tokens_per_s:.1f} tokens/s{rows}")
         return "; ".join(parts)
 
 
 @torch.no_grad()
-def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter,
+def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter | Sequence[Drafter],
                          sampling: SamplingConfig | None = None, num_draft_tokens: int = 4,
                          generator: torch.Generator | None = None,
                          on_token: Callable[[torch.Tensor], None] | None = None,
-                         stats: SpeculativeStats | None = None, rollback: str = "auto") -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` after one prompt, ``num_draft_tokens`` drafts verified per forward.
+                         stats: SpeculativeStats | None = None, rollback: str = "auto",
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` after each prompt, ``num_draft_tokens`` drafts verified per forward.
 
-    A drop-in for ``generate`` at batch 1: greedy output is ``generate``'s token for token, sampled output
-    has its distribution; generation stops at ``eos_token_id`` (included) as ``generate`` does with
-    ``eos_check_every=1``.
+    A drop-in for ``generate``: greedy output is ``generate``'s token for token, sampled output has its
+    distribution; generation stops at ``eos_token_id`` (included) as ``generate`` does with
+    ``eos_check_every=1`` (rows that finish early are filled with ``pad_token_id``).
+
+    **Batches advance in lockstep** (B > 1): every row drafts (``n`` = the shortest draft of the unfinished
+    rows; longer drafts are cut, since no row can advance further than the others), one forward verifies
+    all rows, and each step emits ``a + 1`` tokens in every row, ``a`` the fewest drafts an unfinished row
+    accepted: a row that accepted more emits its accepted draft at position ``a + 1`` (the target's own
+    token there: its argmax, or for sampling an accepted draft, which has the target's distribution) and
+    drops the rest. So the caches stay rectangular and every mixer, attention and hybrids included, works
+    unchanged; the price is that a step goes as far as its least lucky row.
 
     Args:
         model: the target ``LanguageModel``.
-        input_ids: [1, T] the prompt (T >= 1).
-        drafter: a ``Drafter`` (``PromptLookupDrafter``, ``ModelDrafter`` or your own).
+        input_ids: [B, T] prompts (T >= 1), left-padded when their lengths differ.
+        drafter: a ``Drafter`` (``PromptLookupDrafter``, ``ModelDrafter`` or your own) used for every row, or
+            a sequence of B drafters, one per row (a ``ModelDrafter`` follows one sequence with its cache).
         sampling: a ``SamplingConfig`` (default: greedy, 32 tokens).
         num_draft_tokens: k, the most drafts verified per target forward (>= 1).
-        on_token: optional callback receiving each new token as a [1] tensor (streaming).
+        on_token: optional callback receiving the tokens of each new position as a [B] tensor (streaming).
         stats: optional ``SpeculativeStats`` to fill (its lists are appended to: pass a fresh one per call).
         rollback: how the cache ends on the accepted prefix. ``"replay"``: the ordinary chunked forward
             verifies the drafts (updating the cache) after a snapshot; a rejection restores the snapshot
@@ -282,39 +303,46 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             is committed by state selection (``commit_tree_path(..., states=...)``): no snapshot, no replay.
             ``"auto"`` (default): ``"select"``, or ``"replay"`` when a layer's tree pass runs a forward per
             node (``model.tree_pass_per_node``: the LSTM).
+        attention_mask: [B, T] (1 = token, 0 = left padding) or None, as for ``generate``.
 
     Returns:
-        [1, T + n] token ids, n <= max_new_tokens.
+        [B, T + n] token ids, n <= max_new_tokens.
     """
     sampling = sampling or SamplingConfig()
-    _check_arguments(model, input_ids, drafter, sampling, num_draft_tokens)
+    drafters = _check_arguments(model, input_ids, attention_mask, drafter, sampling, num_draft_tokens)
     if rollback not in ROLLBACKS:
         raise ValueError(f"rollback must be one of {ROLLBACKS}, got {rollback!r}")
     if rollback == "auto":
         rollback = "replay" if model.tree_pass_per_node else "select"
+    batch = input_ids.shape[0]
     stats = stats if stats is not None else SpeculativeStats()
+    stats.rows = batch
     start = time.perf_counter()
     cache = model.new_cache()
-    logits = model(input_ids, cache=cache, logits_to_keep=1)[:, -1]
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
     stats.target_forwards += 1
     if sampling.max_new_tokens == 0:
         stats.prefill_s = time.perf_counter() - start
         return input_ids.clone()
-    pending = select_next(logits, sampling, generator)  # [1]: emitted, not yet in the cache
-    new = [pending]
+    pending = select_next(logits, sampling, generator)  # [B]: emitted, not yet in the cache
+    finished = _finished_rows(pending, sampling.eos_token_id)
+    new = [pending[:, None]]
     _emit(pending, on_token)
     first = time.perf_counter()
     stats.prefill_s = first - start
     remaining = sampling.max_new_tokens - 1
-    finished = sampling.eos_token_id is not None and int(pending) == sampling.eos_token_id
-    sequence = torch.cat([input_ids[0], pending])
+    sequences = [torch.cat([prompt, token[None]]) for prompt, token in zip(_prompts(input_ids, attention_mask), pending)]
     chains: dict[int, TokenTree] = {}  # chain-shaped trees by draft length (rollback="select")
-    while remaining and not finished:
+    while remaining and not bool(finished.all()):
         most = min(num_draft_tokens, remaining - 1)  # a step emits up to most + 1 tokens
-        draft = _checked(drafter.propose(sequence, most, sampling, generator), most, model.config.vocab_size,
-                         sequence) if most else Draft(sequence[:0])
-        n = len(draft.tokens)
-        ids = torch.cat([pending, draft.tokens])[None]
+        live = [row for row in range(batch) if not finished[row]]
+        drafts = {row: _checked(drafters[row].propose(sequences[row], most, sampling, generator), most,
+                                model.config.vocab_size, sequences[row]) for row in live} if most else {}
+        n = min((len(draft.tokens) for draft in drafts.values()), default=0)
+        drafts = {row: _cut(draft, n) for row, draft in drafts.items()}
+        filler = pending.new_full((n,), sampling.pad_token_id)  # finished rows: never read
+        ids = torch.cat([pending[:, None], torch.stack([drafts[row].tokens if row in drafts else filler
+                                                        for row in range(batch)])], dim=1)  # [B, n + 1]
         if rollback == "select":  # the chain as a tree: node i follows node i - 1, node 0 the cache
             if n not in chains:
                 chains[n] = token_tree(torch.arange(-1, n, device=ids.device))
@@ -323,48 +351,74 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
         else:
             snapshot = cache.clone() if n else None
             logits = model(ids, cache=cache)
-        logits = logits[0]  # [n + 1, V]
         stats.target_forwards += 1
-        accepted, token = verify_draft(logits, draft, sampling, generator)
-        emitted, finished = record_step(stats, n, accepted, torch.cat([draft.tokens[:accepted], token[None]]),
-                                        sampling.eos_token_id, on_token)
+        verdicts = {row: verify_draft(logits[row], drafts.get(row, Draft(filler)), sampling, generator)
+                    for row in live}
+        accepted = min(a for a, _ in verdicts.values())
+        tokens = torch.full((batch, accepted + 1), sampling.pad_token_id, dtype=ids.dtype, device=ids.device)
+        for row, (a, token) in verdicts.items():  # position a + 1: the row's own token if it stopped there
+            tokens[row, :accepted] = ids[row, 1:accepted + 1]
+            tokens[row, accepted] = token if a == accepted else ids[row, accepted + 1]
+        emitted, finished = record_step(stats, n, accepted, tokens, finished, sampling, on_token)
         new.append(emitted)
-        sequence = torch.cat([sequence, emitted])
-        remaining -= len(emitted)
-        if finished or not remaining:
+        for row in live:
+            sequences[row] = torch.cat([sequences[row], emitted[row]])
+        remaining -= emitted.shape[1]
+        if bool(finished.all()) or not remaining:
             break  # the cache is not needed any more
         if rollback == "select":  # pending + the accepted drafts: node `accepted` of the chain
             model.commit_tree_path(ids, cache, chain, accepted, states=kept)
         elif accepted < n:  # roll back: replay the accepted prefix from the snapshot
             cache = snapshot
-            model(torch.cat([pending, draft.tokens[:accepted]])[None], cache=cache, logits_to_keep=1)
+            model(ids[:, :accepted + 1], cache=cache, logits_to_keep=1)
             stats.target_forwards += 1
             stats.replays += 1
-        pending = token[None]
-    stats.new_tokens = sum(len(tokens) for tokens in new)
+        pending = tokens[:, accepted]
+    out = torch.cat(new, dim=1)
+    stats.new_tokens = out.shape[1]
     stats.decode_s = time.perf_counter() - first
-    return torch.cat([input_ids, torch.cat(new)[None]], dim=1)
+    return torch.cat([input_ids, out], dim=1)
 
 
-def record_step(stats: SpeculativeStats, proposed: int, accepted: int, tokens: torch.Tensor, eos_token_id: int | None,
-                on_token: Callable[[torch.Tensor], None] | None) -> tuple[torch.Tensor, bool]:
-    """Count a verification step (``proposed`` drafts, ``accepted`` of them) in ``stats`` and emit its new
-    ``tokens`` [a + 1] up to and including EOS: (the emitted tokens, whether EOS ended generation)."""
+def record_step(stats: SpeculativeStats, proposed: int, accepted: int, tokens: torch.Tensor, finished: torch.Tensor,
+                sampling: SamplingConfig, on_token: Callable[[torch.Tensor], None] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Count a verification step (``proposed`` drafts per row, ``accepted`` of them) in ``stats`` and emit
+    its new ``tokens`` [B, a + 1]: rows already ``finished`` [B] (bool) and every position after a row's
+    EOS get ``pad_token_id``, and the step ends at the position where the last row finishes. Returns (the
+    emitted tokens [B, <= a + 1], the rows finished after them)."""
     stats.proposed.append(proposed)
     stats.accepted.append(accepted)
-    emitted, finished = _cut_at_eos(tokens, eos_token_id)
-    for value in emitted.split(1):
-        _emit(value, on_token)
-    return emitted, finished
+    columns = []
+    for column in tokens.unbind(1):
+        column = torch.where(finished, torch.full_like(column, sampling.pad_token_id), column)
+        finished = finished | _finished_rows(column, sampling.eos_token_id)
+        columns.append(column)
+        _emit(column, on_token)
+        if bool(finished.all()):
+            break
+    return torch.stack(columns, dim=1), finished
 
 
-def _cut_at_eos(tokens: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, bool]:
-    """(``tokens`` [n] up to and including the first EOS, whether there was one)."""
-    if eos_token_id is not None:
-        hits = (tokens == eos_token_id).nonzero()
-        if len(hits):
-            return tokens[:int(hits[0]) + 1], True
-    return tokens, False
+def _finished_rows(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """bool [B]: which of the tokens [B] end their row (EOS); all False without an EOS id."""
+    if eos_token_id is None:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    return tokens == eos_token_id
+
+
+def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each row's prompt tokens [T_b] without its left padding (what a drafter should see)."""
+    if attention_mask is None:
+        return list(input_ids.unbind(0))
+    return [row[keep.bool()] for row, keep in zip(input_ids, attention_mask)]
+
+
+def _cut(draft: Draft, n: int) -> Draft:
+    """The first ``n`` tokens of ``draft`` (and their distributions)."""
+    if len(draft.tokens) == n:
+        return draft
+    return Draft(draft.tokens[:n], None if draft.probs is None else draft.probs[:n])
 
 
 def _emit(token: torch.Tensor, on_token: Callable[[torch.Tensor], None] | None) -> None:
@@ -372,25 +426,50 @@ def _emit(token: torch.Tensor, on_token: Callable[[torch.Tensor], None] | None) 
         on_token(token)
 
 
-def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: Drafter, sampling: SamplingConfig,
-                     num_draft_tokens: int) -> None:
-    check_one_prompt(model, input_ids)
-    check_drafter(drafter, model)
+def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     drafter: Drafter | Sequence[Drafter], sampling: SamplingConfig,
+                     num_draft_tokens: int) -> list[Drafter]:
+    """Raise on a bad argument of ``speculative_generate``; return the drafter of each row."""
+    check_language_model("model", model)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] < 1 \
+            or input_ids.shape[1] < 1 or input_ids.dtype != torch.long:
+        got = (f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
+               else type(input_ids).__name__)
+        raise ValueError(f"input_ids must be int64 prompts of shape [B, T] with B, T >= 1, got {got}")
+    if attention_mask is not None:
+        check_left_padding(attention_mask, input_ids)
+    batch = input_ids.shape[0]
+    if isinstance(drafter, Sequence):
+        if len(drafter) != batch:
+            raise ValueError(f"drafter must be one drafter or one per row: {batch} for input_ids of shape "
+                             f"{tuple(input_ids.shape)}, got a sequence of {len(drafter)}")
+        drafters = list(drafter)
+    else:
+        drafters = [drafter] * batch
+    for each in drafters:
+        check_drafter(each, model)
     check_int("num_draft_tokens", num_draft_tokens, 1)
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     check_token_ids(sampling, model.config.vocab_size)
+    return drafters
 
 
-def check_one_prompt(model: LanguageModel, input_ids: torch.Tensor) -> None:
-    """Raise unless ``model`` is a ``LanguageModel`` with an LM head and ``input_ids`` one prompt [1, T >= 1]
-    (speculative decoding runs at batch 1)."""
-    check_language_model("model", model)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1 \
-            or input_ids.shape[1] < 1:
-        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be one prompt of shape [1, T] with T >= 1 (speculative decoding runs "
-                         f"at batch 1), got {got}")
+def check_left_padding(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """Raise unless ``attention_mask`` [B, T] (like ``input_ids``) holds 0 / 1 with each row's zeros before
+    its ones (left padding) and at least one token per row."""
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {got}")
+    if attention_mask.is_floating_point() or attention_mask.is_complex() or \
+            not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold integers or booleans 0 / 1 (1 = token, 0 = left padding)")
+    mask = attention_mask.long()
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("attention_mask must be left padding: in each row, every 0 before the first 1")
+    if bool((mask[:, -1] == 0).any()):
+        raise ValueError("attention_mask has a row with no token: every prompt needs at least one")
 
 
 def check_language_model(name: str, model: object) -> None:

@@ -51,8 +51,7 @@ import torch
 from lrnn.layers import Cache
 from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
-from lrnn.models.speculative import (SpeculativeStats, _emit, check_language_model, check_one_prompt,
-                                     record_step)
+from lrnn.models.speculative import SpeculativeStats, _emit, _finished_rows, check_language_model, record_step
 from lrnn.ops import token_tree
 from lrnn.validation import check_int
 
@@ -237,8 +236,8 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
     first = time.perf_counter()
     new, sequence = [pending], torch.cat([input_ids[0], pending])
     remaining = sampling.max_new_tokens - 1
-    finished = sampling.eos_token_id is not None and int(pending) == sampling.eos_token_id
-    while remaining and not finished:
+    finished = _finished_rows(pending, sampling.eos_token_id)  # [1]
+    while remaining and not bool(finished.all()):
         levels = branching[:remaining - 1]  # a step emits at most len(levels) + 1 tokens
         draft = _checked(drafter.propose_tree(sequence, levels), levels, model.config.vocab_size, sequence) \
             if levels else TreeDraft(sequence[:0], sequence[:0])
@@ -258,11 +257,13 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
         node, token, accepted = sampling_walk(logits, ids[0], tree.parents, sampling, generator) \
             if sampling.do_sample else greedy_walk(logits, ids[0], tree.parents)
         emitted, finished = record_step(stats, len(draft.tokens), len(accepted) - 1,
-                                        torch.cat([ids[0, accepted[1:]], token[None]]), sampling.eos_token_id, on_token)
+                                        torch.cat([ids[0, accepted[1:]], token[None]])[None], finished, sampling,
+                                        on_token)
+        emitted = emitted[0]
         new.append(emitted)
         sequence = torch.cat([sequence, emitted])
         remaining -= len(emitted)
-        if finished or not remaining:
+        if bool(finished.all()) or not remaining:
             break  # the cache is not needed any more
         if not committed:
             model.commit_tree_path(ids, cache, tree, node, states=kept)
@@ -342,6 +343,17 @@ def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: Tre
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     check_token_ids(sampling, model.config.vocab_size)
     return check_branching(branching)
+
+
+def check_one_prompt(model: LanguageModel, input_ids: torch.Tensor) -> None:
+    """Raise unless ``model`` is a ``LanguageModel`` with an LM head and ``input_ids`` one prompt [1, T >= 1]
+    (tree speculative decoding runs at batch 1)."""
+    check_language_model("model", model)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1 \
+            or input_ids.shape[1] < 1:
+        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be one prompt of shape [1, T] with T >= 1 (tree speculative "
+                         f"decoding runs at batch 1), got {got}")
 
 
 def check_tree_drafter(drafter: TreeDrafter, model: LanguageModel) -> None:
