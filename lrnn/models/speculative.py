@@ -432,10 +432,11 @@ def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_ma
     """Raise on a bad argument of ``speculative_generate``; return the drafter of each row."""
     check_language_model("model", model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] < 1 \
-            or input_ids.shape[1] < 1 or input_ids.dtype != torch.long:
+            or input_ids.shape[1] < 1 or input_ids.is_floating_point() or input_ids.is_complex() \
+            or input_ids.dtype == torch.bool:
         got = (f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
                else type(input_ids).__name__)
-        raise ValueError(f"input_ids must be int64 prompts of shape [B, T] with B, T >= 1, got {got}")
+        raise ValueError(f"input_ids must be integer token ids [B, T] with B, T >= 1, got {got}")
     if attention_mask is not None:
         check_left_padding(attention_mask, input_ids)
     batch = input_ids.shape[0]

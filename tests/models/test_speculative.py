@@ -373,7 +373,7 @@ def test_bad_arguments_are_named():
     model = build_model(tiny_config("mamba2"))
     prompt = random_ids(1, 4)
     lookup = PromptLookupDrafter()
-    with pytest.raises(ValueError, match=r"input_ids must be int64 prompts of shape \[B, T\].*\(1, 0\)"):
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \[B, T\].*\(1, 0\)"):
         speculative_generate(model, random_ids(1, 0), lookup)
     with pytest.raises(ValueError, match="num_draft_tokens must be >= 1, got 0"):
         speculative_generate(model, prompt, lookup, num_draft_tokens=0)

@@ -175,8 +175,10 @@ def test_batch_bad_arguments_are_named():
     model = build_model(tiny_config("mamba2"))
     ids = random_ids(2, 4)
     lookup = PromptLookupDrafter()
-    with pytest.raises(ValueError, match=r"input_ids must be int64 prompts of shape \[B, T\].*\(2, 0\)"):
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \[B, T\].*\(2, 0\)"):
         speculative_generate(model, ids[:, :0], lookup)
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids .*torch.float32 tensor of shape \(2, 4\)"):
+        speculative_generate(model, ids.float(), lookup)
     with pytest.raises(ValueError, match=r"attention_mask must be a tensor of the shape of input_ids \(2, 4\), "
                                          r"got \(2, 3\)"):
         speculative_generate(model, ids, lookup, attention_mask=torch.ones(2, 3, dtype=torch.long))
