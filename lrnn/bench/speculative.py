@@ -11,8 +11,9 @@ each of ``--prompts`` code prompts with:
 * ``tree``: ``tree_speculative_generate`` with each ``--branching`` shape (``static_tree``), from the
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
 
-``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; chains
-advance in lockstep, see ``speculative_generate``; trees run at batch 1, so none are timed then).
+``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; trees run at
+batch 1, so none are timed then); ``--chain-batching`` times chains once per listed way of advancing the
+rows (``speculative_generate``'s ``batching``: each row by its own accepted drafts, or all in lockstep).
 
 ``--chain-rollback`` and ``--tree-commit`` time chains / trees once per listed cache mode (chains: snapshot
 and replay, or verification as a chain-shaped tree with a commit by state selection; trees: commit by state
@@ -69,7 +70,7 @@ from lrnn.models import (LanguageModel, ModelConfig, ModelDrafter, ModelTreeDraf
                          PromptLookupTreeDrafter, SamplingConfig, SpeculativeStats, generate, speculative_generate,
                          tree_speculative_generate)
 from lrnn.models.io import CONFIG_NAME, read_json
-from lrnn.models.speculative import ROLLBACKS
+from lrnn.models.speculative import BATCHINGS, ROLLBACKS
 from lrnn.models.tree_speculative import COMMITS, check_branching
 from lrnn.training.pretrain import PretrainConfig
 from lrnn.validation import check_int
@@ -87,6 +88,8 @@ DEFAULT_BRANCHINGS = ((2, 2, 1), (3, 2, 2, 1))
 """The tree shapes timed without ``--branching``: 10 nodes of depth 3, and 33 nodes of depth 4."""
 DEFAULT_ROLLBACK = "auto"
 """``speculative_generate``'s default ``rollback``: chains timed without ``--chain-rollback``."""
+DEFAULT_BATCHING = "auto"
+"""``speculative_generate``'s default ``batching``: chains timed without ``--chain-batching``."""
 DEFAULT_COMMIT = "select"
 """``tree_speculative_generate``'s default ``commit``: trees timed without ``--tree-commit``."""
 
@@ -164,10 +167,10 @@ def _autoregressive(target: LanguageModel, ids: torch.Tensor, new_tokens: int, s
     return generate(target, ids, sampling=_greedy(new_tokens))
 
 
-def _chain(make_drafter: Callable[[], Any], draft_tokens: int, rollback: str, target: LanguageModel,
+def _chain(make_drafter: Callable[[], Any], draft_tokens: int, rollback: str, batching: str, target: LanguageModel,
            ids: torch.Tensor, new_tokens: int, stats: SpeculativeStats) -> torch.Tensor:
     return speculative_generate(target, ids, make_drafter(), sampling=_greedy(new_tokens),
-                                num_draft_tokens=draft_tokens, stats=stats, rollback=rollback)
+                                num_draft_tokens=draft_tokens, stats=stats, rollback=rollback, batching=batching)
 
 
 def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: str, target: LanguageModel,
@@ -178,10 +181,12 @@ def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: s
 
 def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Sequence[tuple[int, ...]],
                   ngram: int, chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
-                  tree_commits: Sequence[str] = (DEFAULT_COMMIT,), batch: int = 1) -> list[Method]:
+                  tree_commits: Sequence[str] = (DEFAULT_COMMIT,), batch: int = 1,
+                  chain_batchings: Sequence[str] = (DEFAULT_BATCHING,)) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
     prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
-    ``tree_commits`` (a name shows the mode when it is not the default). Each call gets a fresh drafter (a
+    ``tree_commits`` (a name shows the mode when it is not the default; chains also once per
+    ``chain_batchings`` mode, at ``batch`` > 1). Each call gets a fresh drafter (a
     draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
     row, and no trees (they run at batch 1: pass no ``branchings``)."""
     check_int("batch", batch, 1)
@@ -196,8 +201,11 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
     methods = [Method(AUTOREGRESSIVE, "-", False, _autoregressive)]
     for label, chain_drafter, _ in drafters:
         for rollback in chain_rollbacks:
-            name = f"chain k={draft_tokens}" + ("" if rollback == DEFAULT_ROLLBACK else f", {rollback}")
-            methods.append(Method(name, label, True, partial(_chain, chain_drafter, draft_tokens, rollback)))
+            for batching in chain_batchings:
+                name = f"chain k={draft_tokens}" + ("" if rollback == DEFAULT_ROLLBACK else f", {rollback}") + \
+                    ("" if batching == DEFAULT_BATCHING else f", {batching.replace('_', ' ')}")
+                methods.append(Method(name, label, True,
+                                      partial(_chain, chain_drafter, draft_tokens, rollback, batching)))
     for branching in branchings:
         shape = ",".join(map(str, branching))
         for label, _, tree_drafter in drafters:
@@ -351,6 +359,7 @@ class Settings:
     threads: int
     batch: int = 1
     chain_rollbacks: tuple[str, ...] = (DEFAULT_ROLLBACK,)
+    chain_batchings: tuple[str, ...] = (DEFAULT_BATCHING,)
     tree_commits: tuple[str, ...] = (DEFAULT_COMMIT,)
 
 
@@ -371,7 +380,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
         machine = machine_info(torch.device("cpu"))
         draft = LanguageModel.from_pretrained(s.draft).eval() if s.draft else None
         methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits,
-                                s.batch)
+                                s.batch, s.chain_batchings)
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
@@ -436,8 +445,10 @@ def render(report: dict[str, Any]) -> str:
              f"{report['corpus']}: {', '.join(files)}; each prompt is the end-of-document token and the "
              f"document's first {report['prompt_tokens'] - 1} tokens ({report['prompt_tokens']} tokens). Greedy "
              f"decoding of {report['new_tokens']} new tokens per prompt (no stop at end-of-document)"
-             + (f", in batches of {report.get('batch', 1)} prompts (chains in lockstep: a step advances every "
-                "row by the fewest drafts a row accepted, plus one)." if report.get("batch", 1) > 1 else "."),
+             + (f", in batches of {report.get('batch', 1)} prompts (chains per row -- each row advances by its own "
+                "accepted drafts, the default for models without attention -- or in lockstep -- every row by "
+                "the fewest any row accepted; accepted / step counts per row and step)."
+                if report.get("batch", 1) > 1 else "."),
              "",
              "Draft model: " + (f"`{draft['directory']}` ({draft['description']})." if draft else "none (prompt "
                                 "lookup only)."),
@@ -506,8 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     parser.add_argument("--draft-tokens", type=int, default=4, help="k, drafts per chain step (default 4)")
     parser.add_argument("--batch", type=int, default=1,
-                        help="decode the prompts in batches of this many (every method, the baseline too; chains "
-                             "in lockstep; no trees: they run at batch 1); must divide --prompts (default 1)")
+                        help="decode the prompts in batches of this many (every method, the baseline too; no "
+                             "trees: they run at batch 1); must divide --prompts (default 1)")
     parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
                         help="tree shapes: B_d children per node at depth d (default: "
                              f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
@@ -516,6 +527,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(snapshot, replay after a rejection), select (verified as a chain-shaped tree, "
                              "committed by state selection) or auto (speculative_generate's default: select, "
                              f"replay for models with an LSTM layer) (default {DEFAULT_ROLLBACK})")
+    parser.add_argument("--chain-batching", nargs="+", choices=BATCHINGS, default=[DEFAULT_BATCHING],
+                        help="at --batch > 1, how chains advance the rows, each timed as a method: per_row (each "
+                             "row by its own accepted drafts; models without attention), lockstep (every row by "
+                             "the fewest any row accepted) or auto (speculative_generate's default: per_row where "
+                             f"possible) (default {DEFAULT_BATCHING})")
     parser.add_argument("--tree-commit", nargs="+", choices=COMMITS, default=[DEFAULT_COMMIT],
                         help="how trees commit the accepted path, each timed as a method: select (from the states "
                              "the verification kept) or recompute (one more forward over the path) "
@@ -576,6 +592,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError(f"--batch {args.batch} must divide --prompts {args.prompts}")
     if args.batch > 1 and args.branching:
         raise ValueError(f"--branching: tree speculative decoding runs at batch 1, not at --batch {args.batch}")
+    batchings = tuple(dict.fromkeys(args.chain_batching))
+    if args.batch == 1 and batchings != (DEFAULT_BATCHING,):
+        raise ValueError("--chain-batching: the ways of advancing a batch's rows differ only at --batch > 1")
+    if "per_row" in batchings and "replay" in args.chain_rollback:
+        raise ValueError("--chain-batching per_row commits each row by state selection: it cannot be timed with "
+                         "--chain-rollback replay")
     if not 0 < args.val_fraction <= 0.5:
         raise ValueError(f"--val-fraction must lie in (0, 0.5], got {args.val_fraction}")
     dirs = [("--target", d) for d in args.target] + ([("--draft", args.draft)] if args.draft else [])
@@ -599,7 +621,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     draft_tokens=args.draft_tokens,
                     branchings=[] if args.batch > 1 else list(args.branching or DEFAULT_BRANCHINGS),
                     ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,
-                    chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)),
+                    chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)), chain_batchings=batchings,
                     tree_commits=tuple(dict.fromkeys(args.tree_commit)))
 
 

@@ -36,6 +36,8 @@ class Attention(nn.Module):
     document visible (its earlier keys are marked invalid), which a next call continues.
     """
 
+    fixed_size_cache = False  # the KV cache grows with every token: rows of a batch commit in step
+
     def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0) -> None:
         super().__init__()
         check_positive(d_model=d_model, num_heads=num_heads)

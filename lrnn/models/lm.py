@@ -126,6 +126,14 @@ class LanguageModel(nn.Module):
         the LSTM, marks itself ``tree_pass_per_node = True``): then a tree pass costs a forward per node."""
         return any(getattr(layer.mixer, "tree_pass_per_node", False) for layer in self.layers)
 
+    @property
+    def fixed_size_cache(self) -> bool:
+        """Whether every layer's cache entry keeps its size as tokens are added (recurrent states, conv
+        windows), so that rows of a batch may commit paths of different lengths (``commit_tree_path`` with
+        one node per row). A mixer with a growing cache (attention's KV cache) marks itself
+        ``fixed_size_cache = False``."""
+        return all(getattr(layer.mixer, "fixed_size_cache", True) for layer in self.layers)
+
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
                 seq_starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,9 +171,14 @@ class LanguageModel(nn.Module):
         return (logits, TreeStates(tree, cache.length, tuple(kept))) if keep_states else logits
 
     def commit_tree_path(self, tree_ids: torch.Tensor, cache: Cache, parents: torch.Tensor | TokenTree,
-                         node: int, states: TreeStates | None = None) -> None:
+                         node: int | torch.Tensor, states: TreeStates | None = None) -> None:
         """Advance ``cache`` by the root-to-``node`` path of a tree verified by ``forward_tree`` (``node`` =
         -1: nothing), so that it holds exactly what decoding the path's tokens would leave.
+
+        ``node`` may be one node per row (a LongTensor [B], -1 for a row that commits nothing), with
+        ``states``: each row then advances by its own path (``fixed_size_cache`` models only: the rows'
+        caches stay rectangular because no layer's cache grows with the tokens). ``cache.length`` grows by
+        the longest of those paths.
 
         ``states=None``: by **recomputation**, one ordinary cached forward over the path's tokens (the
         reference). ``states`` (from ``forward_tree(..., keep_states=True)`` on this cache and tree): by
@@ -178,6 +191,9 @@ class LanguageModel(nn.Module):
         if not isinstance(cache, Cache):
             raise TypeError(f"cache must be a Cache (model.new_cache()), got {type(cache).__name__}")
         tree = _tree_of(parents, tree_ids)
+        if isinstance(node, torch.Tensor):
+            self._commit_per_row(tree_ids, cache, tree, node, states)
+            return
         check_int("node (-1: the root, nothing to commit)", node, -1, tree.num_nodes - 1)
         if states is None:
             path = tree_path(tree, node)
@@ -191,6 +207,51 @@ class LanguageModel(nn.Module):
         for layer, state, kept in zip(self.layers, cache.layers, states.layers):
             layer.mixer.commit_tree(state, kept, accepted)
         cache.length += len(accepted.path)
+
+    def _commit_per_row(self, tree_ids: torch.Tensor, cache: Cache, tree: TokenTree, nodes: torch.Tensor,
+                        states: TreeStates | None) -> None:
+        """``commit_tree_path`` with one node per row: each distinct node is committed for the whole batch
+        into a copy of the cache entries (the mixers' ``commit_tree`` replace entries, they do not write
+        into them), and each row takes the entries of its own node's copy."""
+        batch = tree_ids.shape[0]
+        if nodes.dtype in (torch.bool, torch.uint8) or nodes.is_floating_point() or nodes.is_complex() \
+                or tuple(nodes.shape) != (batch,):
+            raise ValueError(f"node must be an int or an integer tensor [batch] = [{batch}] (one node per row), got "
+                             f"a {nodes.dtype} tensor of shape {tuple(nodes.shape)}")
+        if len(nodes) and not (-1 <= int(nodes.min()) and int(nodes.max()) < tree.num_nodes):
+            raise ValueError(f"node must lie in [-1, {tree.num_nodes - 1}] (-1: nothing to commit), got values in "
+                             f"[{int(nodes.min())}, {int(nodes.max())}]")
+        distinct = torch.unique(nodes).tolist()
+        if len(distinct) == 1:  # every row commits the same node: the plain commit
+            self.commit_tree_path(tree_ids, cache, tree, distinct[0], states)
+            return
+        if not self.fixed_size_cache:
+            raise ValueError("rows can commit different nodes only when no layer's cache grows with the tokens "
+                             "(an attention layer's KV cache does): commit one node for every row")
+        if states is None:
+            raise ValueError("one node per row needs the states kept by forward_tree(..., keep_states=True) "
+                             "(a recomputing commit would run paths of different lengths)")
+        self._check_tree_states(states, tree, cache)
+        rows = nodes.to(tree_ids.device)
+        merged = [dict(entry) for entry in cache.layers]
+        for node in distinct:
+            if node == -1:  # those rows keep their entries
+                continue
+            accepted = accepted_path(tree, node)
+            take = rows == node
+            for layer, entry, kept, out in zip(self.layers, cache.layers, states.layers, merged):
+                copy = dict(entry)
+                layer.mixer.commit_tree(copy, kept, accepted)
+                for key, value in copy.items():
+                    old = out.get(key)
+                    if old is None:  # a first commit creates the entry (e.g. a conv window): zeros elsewhere
+                        old = torch.zeros_like(value)
+                    out[key] = torch.where(take.view(-1, *([1] * (value.ndim - 1))), value, old)
+        for entry, out in zip(cache.layers, merged):
+            entry.clear()
+            entry.update(out)
+        depths = torch.where(rows >= 0, tree.depths.to(rows.device)[rows.clamp(min=0)] + 1, 0)
+        cache.length += int(depths.max())  # the longest row's path
 
     def _check_tree_states(self, states: TreeStates, tree: TokenTree, cache: Cache) -> None:
         """Raise unless ``states`` were kept by ``forward_tree`` on ``tree`` with ``cache`` as it is now."""

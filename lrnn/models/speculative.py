@@ -34,13 +34,15 @@ both ``sampling_probs`` of the two models' logits (the same temperature, top_k, 
 reports no ``q`` (prompt lookup) is treated as one-hot: accept with probability ``p_i(d_i)``, else draw from
 ``p_i`` without ``d_i`` -- exact for any drafter whose choice does not depend on the verifier's randomness.
 
-**Batches: lockstep.** Rows of a batch accept different numbers of drafts, and caches that advanced by
-different amounts would no longer be rectangular (attention's KV cache, the positions). So a batch step
-advances every row by the same ``a + 1`` tokens, ``a`` the fewest drafts any unfinished row accepted; a
-row that accepted more keeps its first ``a + 1`` tokens, which are exactly what it would have emitted
+**Batches.** One forward verifies every row's drafts; then the rows advance either
+**per row** -- drafts padded to the longest, the chain verified as a tree, each row committing its own
+accepted node by state selection (``commit_tree_path`` with one node per row) -- which needs caches that keep their size (no attention
+layer: ``LanguageModel.fixed_size_cache``), or in **lockstep** -- drafts cut to the shortest, every row
+advanced by the same ``a + 1`` tokens, ``a``
+the fewest drafts any unfinished row accepted, a row that accepted more keeping its first ``a + 1`` tokens
 (each accepted or corrected token has the target's distribution given the tokens before it, whatever is
-decided after it). Exact for every mixer and hybrid; a step gains only as much as its least lucky row,
-so the speed-up shrinks with the batch unless the rows' drafts are alike good. Trees run at batch 1.
+decided after it), so that attention's KV cache stays rectangular. Both are exact; per row is the default
+where it applies. Trees run at batch 1.
 """
 
 from __future__ import annotations
@@ -214,8 +216,9 @@ def _accept(u: torch.Tensor, p_draft: torch.Tensor, q_draft: torch.Tensor) -> to
 class SpeculativeStats:
     """Counts and times of one ``speculative_generate`` call.
 
-    ``proposed[s]`` / ``accepted[s]``: draft tokens proposed / accepted at verification step s (each step
-    emits ``accepted[s] + 1`` tokens, fewer only where EOS or ``max_new_tokens`` cuts it).
+    ``proposed[s]`` / ``accepted[s]``: draft tokens proposed / accepted at verification step s, one entry per
+    step and unfinished row of a batch (each emits ``accepted[s] + 1`` tokens, fewer only where EOS or
+    ``max_new_tokens`` cuts it; in lockstep every row of a step has the batch's n and a).
     """
 
     proposed: list[int] = field(default_factory=list)
@@ -254,9 +257,13 @@ class SpeculativeStats:
         """One line: steps, accepted tokens per step, acceptance rate, target forwards and tokens/s."""
         if not self.steps:
             return f"{self.new_tokens} new tokens, no verification step"
-        parts = [f"{self.steps} verification steps",
-                 f"{self.accepted_per_step:.2f} accepted draft tokens per step "
-                 f"({self.new_tokens / self.steps:.2f} new tokens per step)"]
+        if self.rows == 1:
+            parts = [f"{self.steps} verification steps",
+                     f"{self.accepted_per_step:.2f} accepted draft tokens per step "
+                     f"({self.new_tokens / self.steps:.2f} new tokens per step)"]
+        else:  # an entry per step and row
+            parts = [f"{self.steps} row steps over {self.rows} rows",
+                     f"{self.accepted_per_step:.2f} accepted draft tokens per row step"]
         if self.acceptance_rate is not None:
             parts.append(f"acceptance {100 * self.acceptance_rate:.0f}% of {sum(self.proposed)} drafted")
         parts.append(f"{self.target_forwards} target forwards ({self.replays} replays)")
@@ -272,20 +279,19 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
                          generator: torch.Generator | None = None,
                          on_token: Callable[[torch.Tensor], None] | None = None,
                          stats: SpeculativeStats | None = None, rollback: str = "auto",
-                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                         attention_mask: torch.Tensor | None = None, batching: str = "auto") -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after each prompt, ``num_draft_tokens`` drafts verified per forward.
 
     A drop-in for ``generate``: greedy output is ``generate``'s token for token, sampled output has its
     distribution; generation stops at ``eos_token_id`` (included) as ``generate`` does with
     ``eos_check_every=1`` (rows that finish early are filled with ``pad_token_id``).
 
-    **Batches advance in lockstep** (B > 1): every row drafts (``n`` = the shortest draft of the unfinished
-    rows; longer drafts are cut, since no row can advance further than the others), one forward verifies
-    all rows, and each step emits ``a + 1`` tokens in every row, ``a`` the fewest drafts an unfinished row
-    accepted: a row that accepted more emits its accepted draft at position ``a + 1`` (the target's own
-    token there: its argmax, or for sampling an accepted draft, which has the target's distribution) and
-    drops the rest. So the caches stay rectangular and every mixer, attention and hybrids included, works
-    unchanged; the price is that a step goes as far as its least lucky row.
+    Batches (B > 1) verify every row's drafts in one forward, and then advance either **per row** (each row
+    by its own accepted drafts + 1: the chain verified as a tree, each row committing its own node by state
+    selection; for models whose caches keep their size, ``model.fixed_size_cache``: no attention layer) or
+    in **lockstep** (every row by the fewest drafts an unfinished row accepted + 1, a row that accepted
+    more emitting its accepted draft at that position: the caches stay rectangular for every mixer,
+    attention and hybrids included; the price is that a step goes as far as its least lucky row).
 
     Args:
         model: the target ``LanguageModel``.
@@ -294,7 +300,8 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             a sequence of B drafters, one per row (a ``ModelDrafter`` follows one sequence with its cache).
         sampling: a ``SamplingConfig`` (default: greedy, 32 tokens).
         num_draft_tokens: k, the most drafts verified per target forward (>= 1).
-        on_token: optional callback receiving the tokens of each new position as a [B] tensor (streaming).
+        on_token: optional callback receiving the tokens of each new position as a [B] tensor (streaming;
+            per row, a position is passed on once every row has it).
         stats: optional ``SpeculativeStats`` to fill (its lists are appended to: pass a fresh one per call).
         rollback: how the cache ends on the accepted prefix. ``"replay"``: the ordinary chunked forward
             verifies the drafts (updating the cache) after a snapshot; a rejection restores the snapshot
@@ -304,16 +311,16 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             ``"auto"`` (default): ``"select"``, or ``"replay"`` when a layer's tree pass runs a forward per
             node (``model.tree_pass_per_node``: the LSTM).
         attention_mask: [B, T] (1 = token, 0 = left padding) or None, as for ``generate``.
+        batching: ``"per_row"``, ``"lockstep"`` or ``"auto"`` (default: per row where the model allows it
+            -- ``model.fixed_size_cache`` -- and the rollback is ``"select"``, else lockstep). Per row
+            needs ``rollback="select"`` (or ``"auto"``, which then selects).
 
     Returns:
         [B, T + n] token ids, n <= max_new_tokens.
     """
     sampling = sampling or SamplingConfig()
     drafters = _check_arguments(model, input_ids, attention_mask, drafter, sampling, num_draft_tokens)
-    if rollback not in ROLLBACKS:
-        raise ValueError(f"rollback must be one of {ROLLBACKS}, got {rollback!r}")
-    if rollback == "auto":
-        rollback = "replay" if model.tree_pass_per_node else "select"
+    rollback, per_row = _modes(model, rollback, batching)
     batch = input_ids.shape[0]
     stats = stats if stats is not None else SpeculativeStats()
     stats.rows = batch
@@ -325,41 +332,103 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
         stats.prefill_s = time.perf_counter() - start
         return input_ids.clone()
     pending = select_next(logits, sampling, generator)  # [B]: emitted, not yet in the cache
-    finished = _finished_rows(pending, sampling.eos_token_id)
-    new = [pending[:, None]]
     _emit(pending, on_token)
     first = time.perf_counter()
     stats.prefill_s = first - start
-    remaining = sampling.max_new_tokens - 1
     sequences = [torch.cat([prompt, token[None]]) for prompt, token in zip(_prompts(input_ids, attention_mask), pending)]
-    chains: dict[int, TokenTree] = {}  # chain-shaped trees by draft length (rollback="select")
+    run = _per_row_steps if per_row and batch > 1 else _lockstep_steps
+    out = run(model, cache, pending, sequences, drafters, sampling, num_draft_tokens, generator, on_token, stats,
+              rollback)
+    stats.new_tokens = out.shape[1]
+    stats.decode_s = time.perf_counter() - first
+    return torch.cat([input_ids, out], dim=1)
+
+
+BATCHINGS = ("auto", "per_row", "lockstep")
+"""How ``speculative_generate`` advances the rows of a batch (``batching=``)."""
+
+
+def _modes(model: LanguageModel, rollback: str, batching: str) -> tuple[str, bool]:
+    """(the rollback, whether rows advance independently) from the ``rollback`` and ``batching`` arguments."""
+    if rollback not in ROLLBACKS:
+        raise ValueError(f"rollback must be one of {ROLLBACKS}, got {rollback!r}")
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
+    if batching == "per_row":
+        if not model.fixed_size_cache:
+            raise ValueError("batching='per_row' needs a model whose layers' caches keep their size (no attention "
+                             "layer: its KV cache grows with every token); use batching='lockstep'")
+        if rollback == "replay":
+            raise ValueError("batching='per_row' commits each row's node by state selection: it needs "
+                             "rollback='select' (or 'auto'), not 'replay'")
+        return "select", True
+    if rollback == "auto":
+        rollback = "replay" if model.tree_pass_per_node else "select"
+    return rollback, batching == "auto" and rollback == "select" and model.fixed_size_cache
+
+
+def _draft_rows(drafters: list[Drafter], sequences: list[torch.Tensor], rows: list[int], most: list[int] | int,
+                sampling: SamplingConfig, generator: torch.Generator | None, vocab_size: int) -> dict[int, Draft]:
+    """Each row's checked draft of at most ``most`` tokens (per row, or one bound for all)."""
+    drafts = {}
+    for i, row in enumerate(rows):
+        bound = most[i] if isinstance(most, list) else most
+        drafts[row] = _checked(drafters[row].propose(sequences[row], bound, sampling, generator), bound, vocab_size,
+                               sequences[row]) if bound else Draft(sequences[row][:0])
+    return drafts
+
+
+def _padded_ids(pending: torch.Tensor, drafts: dict[int, Draft], n: int, pad: int) -> torch.Tensor:
+    """[B, n + 1]: each row's pending token, then its draft padded (or, for a row without one, filled) with
+    ``pad`` to n tokens."""
+    ids = pending.new_full((len(pending), n + 1), pad)
+    ids[:, 0] = pending
+    for row, draft in drafts.items():
+        ids[row, 1:1 + len(draft.tokens)] = draft.tokens
+    return ids
+
+
+def _chain(chains: dict[int, TokenTree], n: int, device: torch.device) -> TokenTree:
+    """The chain-shaped tree of n + 1 nodes (node i follows node i - 1, node 0 the cache), built once per n."""
+    if n not in chains:
+        chains[n] = token_tree(torch.arange(-1, n, device=device))
+    return chains[n]
+
+
+def _lockstep_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, sequences: list[torch.Tensor],
+                    drafters: list[Drafter], sampling: SamplingConfig, num_draft_tokens: int,
+                    generator: torch.Generator | None, on_token, stats: SpeculativeStats,
+                    rollback: str) -> torch.Tensor:
+    """The decode loop with every row advanced by the same a + 1 tokens per step (batch 1: the plain loop).
+    Returns the new tokens [B, n] after the prompts, the first (``pending``) included."""
+    batch = len(pending)
+    finished = _finished_rows(pending, sampling.eos_token_id)
+    new = [pending[:, None]]
+    remaining = sampling.max_new_tokens - 1
+    chains: dict[int, TokenTree] = {}
     while remaining and not bool(finished.all()):
         most = min(num_draft_tokens, remaining - 1)  # a step emits up to most + 1 tokens
         live = [row for row in range(batch) if not finished[row]]
-        drafts = {row: _checked(drafters[row].propose(sequences[row], most, sampling, generator), most,
-                                model.config.vocab_size, sequences[row]) for row in live} if most else {}
-        n = min((len(draft.tokens) for draft in drafts.values()), default=0)
+        drafts = _draft_rows(drafters, sequences, live, most, sampling, generator, model.config.vocab_size)
+        n = min(len(draft.tokens) for draft in drafts.values())  # no row can advance further than this
         drafts = {row: _cut(draft, n) for row, draft in drafts.items()}
-        filler = pending.new_full((n,), sampling.pad_token_id)  # finished rows: never read
-        ids = torch.cat([pending[:, None], torch.stack([drafts[row].tokens if row in drafts else filler
-                                                        for row in range(batch)])], dim=1)  # [B, n + 1]
-        if rollback == "select":  # the chain as a tree: node i follows node i - 1, node 0 the cache
-            if n not in chains:
-                chains[n] = token_tree(torch.arange(-1, n, device=ids.device))
-            chain = chains[n]
+        ids = _padded_ids(pending, drafts, n, sampling.pad_token_id)  # finished rows: never read
+        if rollback == "select":  # the chain as a tree, the cache read only
+            chain = _chain(chains, n, ids.device)
             logits, kept = model.forward_tree(ids, cache, chain, keep_states=True)
         else:
             snapshot = cache.clone() if n else None
             logits = model(ids, cache=cache)
         stats.target_forwards += 1
-        verdicts = {row: verify_draft(logits[row], drafts.get(row, Draft(filler)), sampling, generator)
-                    for row in live}
+        verdicts = {row: verify_draft(logits[row], drafts[row], sampling, generator) for row in live}
         accepted = min(a for a, _ in verdicts.values())
         tokens = torch.full((batch, accepted + 1), sampling.pad_token_id, dtype=ids.dtype, device=ids.device)
         for row, (a, token) in verdicts.items():  # position a + 1: the row's own token if it stopped there
             tokens[row, :accepted] = ids[row, 1:accepted + 1]
             tokens[row, accepted] = token if a == accepted else ids[row, accepted + 1]
-        emitted, finished = record_step(stats, n, accepted, tokens, finished, sampling, on_token)
+            stats.proposed.append(n)
+            stats.accepted.append(accepted)
+        emitted, finished = _emit_columns(tokens, finished, sampling, on_token)
         new.append(emitted)
         for row in live:
             sequences[row] = torch.cat([sequences[row], emitted[row]])
@@ -374,21 +443,73 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             stats.target_forwards += 1
             stats.replays += 1
         pending = tokens[:, accepted]
-    out = torch.cat(new, dim=1)
-    stats.new_tokens = out.shape[1]
-    stats.decode_s = time.perf_counter() - first
-    return torch.cat([input_ids, out], dim=1)
+    return torch.cat(new, dim=1)
 
 
-def record_step(stats: SpeculativeStats, proposed: int, accepted: int, tokens: torch.Tensor, finished: torch.Tensor,
-                sampling: SamplingConfig, on_token: Callable[[torch.Tensor], None] | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Count a verification step (``proposed`` drafts per row, ``accepted`` of them) in ``stats`` and emit
-    its new ``tokens`` [B, a + 1]: rows already ``finished`` [B] (bool) and every position after a row's
-    EOS get ``pad_token_id``, and the step ends at the position where the last row finishes. Returns (the
-    emitted tokens [B, <= a + 1], the rows finished after them)."""
-    stats.proposed.append(proposed)
-    stats.accepted.append(accepted)
+def _per_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, sequences: list[torch.Tensor],
+                   drafters: list[Drafter], sampling: SamplingConfig, num_draft_tokens: int,
+                   generator: torch.Generator | None, on_token, stats: SpeculativeStats,
+                   rollback: str) -> torch.Tensor:
+    """The decode loop with each row advanced by its own accepted drafts + 1 (``fixed_size_cache`` models,
+    commits by selection): one chain-shaped tree pass verifies every row's draft (padded to the longest),
+    each row commits its own node. Returns the new tokens [B, n] after the prompts, ``pending`` included;
+    rows that stopped at EOS are padded."""
+    batch, limit = len(pending), sampling.max_new_tokens
+    pending = pending.clone()  # updated row by row below; the caller's tensor was streamed
+    rows = [[int(token)] for token in pending]  # each row's new tokens
+    done = [sampling.eos_token_id is not None and tokens[0] == sampling.eos_token_id or len(tokens) >= limit
+            for tokens in rows]
+    streamed = 1  # positions passed to on_token
+    chains: dict[int, TokenTree] = {}
+    while not all(done):
+        live = [row for row in range(batch) if not done[row]]
+        most = [min(num_draft_tokens, limit - len(rows[row]) - 1) for row in live]  # a row emits <= most + 1
+        drafts = _draft_rows(drafters, sequences, live, most, sampling, generator, model.config.vocab_size)
+        n = max(len(draft.tokens) for draft in drafts.values())
+        ids = _padded_ids(pending, drafts, n, sampling.pad_token_id)
+        chain = _chain(chains, n, ids.device)
+        logits, kept = model.forward_tree(ids, cache, chain, keep_states=True)
+        stats.target_forwards += 1
+        nodes = torch.full((batch,), -1, dtype=torch.long)  # rows that are done commit nothing
+        for row in live:
+            draft = drafts[row]
+            a, token = verify_draft(logits[row, :len(draft.tokens) + 1], draft, sampling, generator)
+            stats.proposed.append(len(draft.tokens))
+            stats.accepted.append(a)
+            emitted, eos = _cut_at_eos(torch.cat([draft.tokens[:a], token[None]]), sampling.eos_token_id)
+            rows[row] += emitted.tolist()
+            sequences[row] = torch.cat([sequences[row], emitted])
+            done[row] = eos or len(rows[row]) >= limit
+            nodes[row] = -1 if done[row] else a
+            pending[row] = token
+        streamed = _stream(rows, done, streamed, sampling, on_token, pending)
+        if all(done):
+            break
+        model.commit_tree_path(ids, cache, chain, nodes, states=kept)
+    width = max(len(tokens) for tokens in rows)
+    _stream(rows, [True] * batch, streamed, sampling, on_token, pending, until=width)
+    return torch.tensor([tokens + [sampling.pad_token_id] * (width - len(tokens)) for tokens in rows],
+                        dtype=pending.dtype, device=pending.device)
+
+
+def _stream(rows: list[list[int]], done: list[bool], streamed: int, sampling: SamplingConfig, on_token,
+            like: torch.Tensor, until: int | None = None) -> int:
+    """Pass to ``on_token`` the positions after ``streamed`` that every row has (a row that is done has all,
+    padded), up to ``until`` if given; returns the new count of streamed positions."""
+    ready = min(len(tokens) if not finished else float("inf") for tokens, finished in zip(rows, done))
+    ready = int(min(ready, until if until is not None else max(len(tokens) for tokens in rows)))
+    for position in range(streamed, ready):
+        if on_token is not None:
+            on_token(like.new_tensor([tokens[position] if position < len(tokens) else sampling.pad_token_id
+                                      for tokens in rows]))
+    return max(streamed, ready)
+
+
+def _emit_columns(tokens: torch.Tensor, finished: torch.Tensor, sampling: SamplingConfig,
+                  on_token: Callable[[torch.Tensor], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Emit a step's new ``tokens`` [B, a + 1] position by position: rows already ``finished`` [B] (bool) and
+    every position after a row's EOS get ``pad_token_id``, and the step ends at the position where the last
+    row finishes. Returns (the emitted tokens [B, <= a + 1], the rows finished after them)."""
     columns = []
     for column in tokens.unbind(1):
         column = torch.where(finished, torch.full_like(column, sampling.pad_token_id), column)
@@ -398,6 +519,15 @@ def record_step(stats: SpeculativeStats, proposed: int, accepted: int, tokens: t
         if bool(finished.all()):
             break
     return torch.stack(columns, dim=1), finished
+
+
+def _cut_at_eos(tokens: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, bool]:
+    """(``tokens`` [n] up to and including the first EOS, whether there was one)."""
+    if eos_token_id is not None:
+        hits = (tokens == eos_token_id).nonzero()
+        if len(hits):
+            return tokens[:int(hits[0]) + 1], True
+    return tokens, False
 
 
 def _finished_rows(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:

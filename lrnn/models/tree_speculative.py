@@ -51,7 +51,8 @@ import torch
 from lrnn.layers import Cache
 from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
-from lrnn.models.speculative import SpeculativeStats, _emit, _finished_rows, check_language_model, record_step
+from lrnn.models.speculative import (SpeculativeStats, _emit, _emit_columns, _finished_rows,
+                                     check_language_model)
 from lrnn.ops import token_tree
 from lrnn.validation import check_int
 
@@ -256,9 +257,10 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
         stats.target_forwards += 1
         node, token, accepted = sampling_walk(logits, ids[0], tree.parents, sampling, generator) \
             if sampling.do_sample else greedy_walk(logits, ids[0], tree.parents)
-        emitted, finished = record_step(stats, len(draft.tokens), len(accepted) - 1,
-                                        torch.cat([ids[0, accepted[1:]], token[None]])[None], finished, sampling,
-                                        on_token)
+        stats.proposed.append(len(draft.tokens))
+        stats.accepted.append(len(accepted) - 1)
+        emitted, finished = _emit_columns(torch.cat([ids[0, accepted[1:]], token[None]])[None], finished, sampling,
+                                          on_token)
         emitted = emitted[0]
         new.append(emitted)
         sequence = torch.cat([sequence, emitted])

@@ -250,21 +250,24 @@ def test_batches_time_chains_in_lockstep_against_batched_autoregressive_decoding
     only, each output checked against batched greedy decoding."""
     out = tmp_path / "spec.json"
     assert cli(*without_trees(small_run(models, corpus, "--json", out)), "--repeats", 1, "--batch", 2,
-               "--chain-rollback", "replay", "select") == 0
+               "--chain-batching", "per_row", "lockstep") == 0
     report = json.loads(out.read_text())
     assert report["batch"] == 2 and report["mismatches"] == []
-    assert report["methods"] == ["autoregressive", "chain k=4, replay / draft model", "chain k=4, select / draft model",
-                                 "chain k=4, replay / prompt lookup", "chain k=4, select / prompt lookup"]
+    assert report["methods"] == ["autoregressive", "chain k=4, per row / draft model", "chain k=4, lockstep / draft model",
+                                 "chain k=4, per row / prompt lookup", "chain k=4, lockstep / prompt lookup"]
     rows = {r["method"]: r for r in report["rows"]}
     assert all(r["calls"] == 1 for r in rows.values())  # one batch of 2 prompts, one round
     assert rows["autoregressive"]["tokens_per_s"] == pytest.approx(2 * 12 / rows["autoregressive"]["round_seconds"][0])
-    assert "in batches of 2 prompts (chains in lockstep" in capsys.readouterr().out
+    assert "in batches of 2 prompts (chains per row" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--batch", 0], "--batch must be >= 1, got 0"),
     (["--batch", 3], "--batch 3 must divide --prompts 2"),
     (["--batch", 2, "--branching", "2,1"], "--branching: tree speculative decoding runs at batch 1, not at --batch 2"),
+    (["--chain-batching", "lockstep"], "--chain-batching: the ways of advancing a batch's rows differ only at --batch"),
+    (["--batch", 2, "--chain-batching", "per_row", "--chain-rollback", "replay"],
+     "--chain-batching per_row commits each row by state selection"),
 ])
 def test_bad_batches_are_usage_errors(models, corpus, extra, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -187,3 +187,72 @@ def test_commit_checks_its_states():
         run_tree(model, random_ids(1, 4), OracleTreeDrafter(random_ids(1, 40)[0]), commit="replay")
     with pytest.raises(ValueError, match="rollback must be one of"):
         speculative_generate(model, random_ids(1, 4), OracleDrafter(random_ids(1, 40)[0], 0.5), rollback="select_")
+
+
+def prefilled_rows(model, rows: int = 3, length: int = 9, seed: int = 1):
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(random_ids(rows, length, seed=seed), cache=cache)
+    return cache
+
+
+def row_of(cache, row: int):
+    """The cache of one row of a batch (every entry's row ``row``), as a batch of one."""
+    single = cache.clone()
+    for entry in single.layers:
+        for key in list(entry):
+            entry[key] = entry[key][row:row + 1].clone()
+    return single
+
+
+@pytest.mark.parametrize("name,negative", [p for p in RANGES if "attention" not in p.id])
+def test_one_node_per_row_commits_each_rows_own_path(name, negative):
+    """A batch of 3 rows committing nodes (deep node, nothing, a leaf) of a random tree, and on a chain (as
+    the per-row speculative loop does): each row's cache equals that row alone committing its node (the
+    select commit, itself checked against recomputation above), float64 to 1e-10; decoding on agrees."""
+    model = model_for(name, negative)
+    for tree_name, pick in (("uniform", lambda tree: [int(tree.depths.argmax()), -1, int(tree_leaves(tree)[0])]),
+                            ("chain", lambda tree: [4, 0, 2])):
+        tree = token_tree(torch.tensor(TREES[tree_name]))
+        ids = random_ids(3, tree.num_nodes, seed=5)
+        nodes = pick(tree)
+        with torch.no_grad():
+            batch = prefilled_rows(model)
+            _, states = model.forward_tree(ids, batch, tree, keep_states=True)
+            model.commit_tree_path(ids, batch, tree, torch.tensor(nodes), states=states)
+            for row, node in enumerate(nodes):
+                alone = row_of(prefilled_rows(model), row)
+                _, kept = model.forward_tree(ids[row:row + 1], alone, tree, keep_states=True)
+                model.commit_tree_path(ids[row:row + 1], alone, tree, node, states=kept)
+                mine = row_of(batch, row)
+                mine.length = alone.length  # the batch's length is its longest row's
+                assert cache_error(mine, alone) <= TOL[F64], f"{name} {tree_name} row {row} node {node}"
+            assert batch.length == 9 + 1 + max(int(tree.depths[n]) for n in nodes if n >= 0)
+            token = random_ids(3, 1, seed=9)
+            rows = torch.cat([model(token[row:row + 1], cache=row_of(batch, row)) for row in range(3)])
+            assert rel_err(model(token, cache=batch), rows) <= TOL[F64], f"{name}: decoding on"
+
+
+def test_one_node_per_row_is_refused_where_it_cannot_work():
+    """A model with attention (its KV cache grows: rows would differ in length) and a commit without the
+    kept states refuse different nodes per row; equal nodes are the plain commit."""
+    tree = token_tree(torch.tensor(TREES["chain"]))
+    ids = random_ids(2, tree.num_nodes, seed=5)
+    hybrid = model_for("deltanet+attention_every_2")
+    cache = prefilled_rows(hybrid, rows=2)
+    with torch.no_grad():
+        _, states = hybrid.forward_tree(ids, cache, tree, keep_states=True)
+        with pytest.raises(ValueError, match="no layer's cache grows with the tokens"):
+            hybrid.commit_tree_path(ids, cache, tree, torch.tensor([1, 2]), states=states)
+        hybrid.commit_tree_path(ids, cache, tree, torch.tensor([2, 2]), states=states)  # the same node: fine
+        assert cache.length == 9 + 3
+        model = model_for("mamba2")
+        cache = prefilled_rows(model, rows=2)
+        _, states = model.forward_tree(ids, cache, tree, keep_states=True)
+        with pytest.raises(ValueError, match="needs the states kept by forward_tree"):
+            model.commit_tree_path(ids, cache, tree, torch.tensor([1, 2]))
+        with pytest.raises(ValueError, match=r"node must lie in \[-1, 4\]"):
+            model.commit_tree_path(ids, cache, tree, torch.tensor([1, 5]), states=states)
+        with pytest.raises(ValueError, match=r"one node per row\), got a torch.int64 tensor of shape \(3,\)"):
+            model.commit_tree_path(ids, cache, tree, torch.tensor([1, 2, 3]), states=states)
+    assert not hybrid.fixed_size_cache and model.fixed_size_cache

@@ -1,11 +1,11 @@
-"""Chain speculative decoding of a batch (``speculative_generate`` with B > 1): lockstep steps.
+"""Chain speculative decoding of a batch (``speculative_generate`` with B > 1): per-row and lockstep steps.
 
 * Greedy: every row of a left-padded batch equals ``generate``'s greedy output for the batch, and for the
   row run alone, token for token (48 new tokens), for every registered mixer and a hybrid, with per-row
-  drafts that are sometimes right (rows accept different numbers of drafts, so the lockstep rule -- every
-  row advances by the fewest drafts an unfinished row accepted, plus one -- is exercised), with both
-  rollbacks, with prompt lookup (drafts of different lengths per row) and with EOS ending rows at
-  different steps.
+  drafts that are sometimes right (rows accept different numbers of drafts), in lockstep (every row
+  advances by the fewest drafts an unfinished row accepted, plus one; both rollbacks) and per row (each
+  row by its own; every mixer without a growing cache), with prompt lookup (drafts of different lengths
+  per row) and with EOS ending rows at different steps.
 * Sampling: the 2nd and 3rd new tokens of every row follow the target's exact marginals (chi-square), with
   rows drafted by different drafters (a draft model, uniform one-hot drafts).
 * Bad input: the mask, the per-row drafters.
@@ -62,13 +62,22 @@ def target(request):
     return request.param, build_model(tiny_config(**MODELS[request.param], tie_embeddings=False))
 
 
-@pytest.mark.parametrize("rollback", ["replay", "select"])
+MODES = [("lockstep", "replay"), ("lockstep", "select"), ("per_row", "select")]
+
+
+def verifications(stats: SpeculativeStats) -> int:
+    return stats.target_forwards - 1 - stats.replays
+
+
+@pytest.mark.parametrize("batching,rollback", MODES, ids=[f"{b}-{r}" for b, r in MODES])
 @torch.no_grad()
-def test_batch_greedy_equals_greedy_autoregressive(target, rollback):
+def test_batch_greedy_equals_greedy_autoregressive(target, batching, rollback):
     """A left-padded batch of 3 prompts (lengths 8, 5, 7) with per-row oracle drafts (right with
     probability 0.6): the output equals batched ``generate``'s and each row alone's; the steps include
     full, partial and no acceptance."""
     name, model = target
+    if batching == "per_row" and not model.fixed_size_cache:
+        pytest.skip("attention's KV cache grows: rows advance in lockstep (refusal tested below)")
     prompts = batch_prompts()
     ids, mask = left_padded(prompts)
     expected = greedy_batch(model, ids, mask)
@@ -77,17 +86,21 @@ def test_batch_greedy_equals_greedy_autoregressive(target, rollback):
         assert torch.equal(expected[row, ids.shape[1]:], alone), f"{name}: row {row} of generate"
     stats = SpeculativeStats()
     out = speculative_generate(model, ids, oracles(prompts, expected, 0.6), SamplingConfig(max_new_tokens=NEW_TOKENS),
-                               num_draft_tokens=4, stats=stats, rollback=rollback, attention_mask=mask)
-    assert torch.equal(out, expected), f"{name} ({rollback}): speculative\n{out}\n!= autoregressive\n{expected}"
-    assert stats.new_tokens == NEW_TOKENS and stats.rows == 3 and stats.steps < NEW_TOKENS - 1
+                               num_draft_tokens=4, stats=stats, rollback=rollback, attention_mask=mask,
+                               batching=batching)
+    what = f"{name} ({batching}, {rollback})"
+    assert torch.equal(out, expected), f"{what}: speculative\n{out}\n!= autoregressive\n{expected}"
+    assert stats.new_tokens == NEW_TOKENS and stats.rows == 3 and verifications(stats) < NEW_TOKENS - 1
     full = [a for a, n in zip(stats.accepted, stats.proposed) if n == 4]
-    assert 0 in full and any(a > 0 for a in full), f"{name}: lockstep acceptance {stats.accepted}"
+    assert 0 in full and any(a > 0 for a in full), f"{what}: acceptance {stats.accepted}"
 
 
+@pytest.mark.parametrize("batching", ["lockstep", "per_row"])
 @torch.no_grad()
-def test_rows_advance_by_the_fewest_accepted_drafts():
-    """Row 0's drafts are always right, row 1's right with probability 0.5: every step advances by row 1's
-    acceptance (so the steps are those of row 1 alone), and row 0's output is still its greedy output."""
+def test_rows_advance_by_the_fewest_or_their_own_accepted_drafts(batching):
+    """Row 0's drafts are always right, row 1's right with probability 0.5. In lockstep every step advances
+    by row 1's acceptance (the steps are those of row 1 alone); per row, row 0 runs ahead with 5 tokens a
+    step and the batch takes as many verifications as its slower row alone. Both give the greedy output."""
     model = build_model(tiny_config("gated_deltanet", tie_embeddings=False))
     prompts = batch_prompts(seed=41)[:2]
     ids, mask = left_padded(prompts)
@@ -95,17 +108,25 @@ def test_rows_advance_by_the_fewest_accepted_drafts():
     drafters = [oracles(prompts, expected, 1.0)[0], oracles(prompts, expected, 0.5)[1]]
     stats = SpeculativeStats()
     out = speculative_generate(model, ids, drafters, SamplingConfig(max_new_tokens=NEW_TOKENS), num_draft_tokens=4,
-                               stats=stats, attention_mask=mask)
+                               stats=stats, attention_mask=mask, batching=batching)
     assert torch.equal(out, expected)
-    alone = SpeculativeStats()
-    speculative_generate(model, prompts[1][None], oracles(prompts, expected, 0.5)[1],
-                         SamplingConfig(max_new_tokens=NEW_TOKENS), num_draft_tokens=4, stats=alone)
-    assert stats.accepted == alone.accepted and stats.proposed == alone.proposed
+    alone = []
+    for row in range(2):
+        alone.append(SpeculativeStats())
+        speculative_generate(model, prompts[row][None], oracles(prompts, expected, (1.0, 0.5)[row])[row],
+                             SamplingConfig(max_new_tokens=NEW_TOKENS), num_draft_tokens=4, stats=alone[row])
+    if batching == "lockstep":  # an entry per row and step, both rows with the batch's numbers
+        assert stats.accepted[1::2] == stats.accepted[::2] == alone[1].accepted
+    else:
+        assert verifications(stats) == max(verifications(a) for a in alone) == verifications(alone[1])
+        assert sorted(stats.accepted) == sorted(alone[0].accepted + alone[1].accepted)
+    assert verifications(alone[0]) < verifications(alone[1])
 
 
-@pytest.mark.parametrize("name", ["mamba2", "attention", "deltanet+attention_every_2"])
+@pytest.mark.parametrize("name,batching", [("mamba2", "per_row"), ("mamba2", "lockstep"), ("attention", "auto"),
+                                          ("deltanet+attention_every_2", "auto")])
 @torch.no_grad()
-def test_batch_prompt_lookup_equals_greedy(name):
+def test_batch_prompt_lookup_equals_greedy(name, batching):
     """Prompt lookup per row on self-repeating prompts of different lengths (so that all rows accept
     drafts at some steps): drafts of different lengths (the batch verifies the shortest), output unchanged."""
     model = build_model(tiny_config(**MODELS[name], tie_embeddings=False))
@@ -115,13 +136,14 @@ def test_batch_prompt_lookup_equals_greedy(name):
     expected = greedy_batch(model, ids, mask)
     stats = SpeculativeStats()
     out = speculative_generate(model, ids, PromptLookupDrafter(max_ngram=3), SamplingConfig(max_new_tokens=NEW_TOKENS),
-                               num_draft_tokens=5, stats=stats, attention_mask=mask)
+                               num_draft_tokens=5, stats=stats, attention_mask=mask, batching=batching)
     assert torch.equal(out, expected), name
     assert sum(stats.proposed) > 0 and sum(stats.accepted) > 0, f"{name}: lookup never drafted or never hit"
 
 
+@pytest.mark.parametrize("batching", ["lockstep", "per_row"])
 @torch.no_grad()
-def test_batch_eos_ends_rows_like_generate():
+def test_batch_eos_ends_rows_like_generate(batching):
     """An EOS that one row emits early and another later: the finished row is padded from there on, the
     output ends where the last row finishes (or at max_new_tokens), as ``generate`` checking every step."""
     model = build_model(tiny_config("deltanet", tie_embeddings=False))
@@ -136,10 +158,12 @@ def test_batch_eos_ends_rows_like_generate():
     expected = generate(model, ids, mask, sampling, eos_check_every=1)
     for p_right in (1.0, 0.5):
         stats = SpeculativeStats()
+        streamed = []
         out = speculative_generate(model, ids, oracles(prompts, free, p_right), sampling, stats=stats,
-                                   attention_mask=mask)
+                                   attention_mask=mask, batching=batching, on_token=streamed.append)
         assert torch.equal(out, expected), f"p_right {p_right}:\n{out}\n!=\n{expected}"
         assert stats.new_tokens == expected.shape[1] - width
+        assert torch.equal(torch.stack(streamed, dim=1), expected[:, width:]), "on_token: one [B] per position"
 
 
 @torch.no_grad()
@@ -152,8 +176,9 @@ def test_batch_of_one_row_per_drafter_sequence():
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("batching", ["lockstep", "per_row"])
 @torch.no_grad()
-def test_batch_sampling_keeps_the_targets_distribution(small_pair):
+def test_batch_sampling_keeps_the_targets_distribution(small_pair, batching):
     """4 rows of one prompt, drafted by a draft model (rows 0, 2) and by uniform one-hot drafts (rows 1, 3),
     250 runs: the 2nd and 3rd new tokens of all 1000 rows follow the target's exact marginals."""
     target, draft = small_pair
@@ -164,7 +189,7 @@ def test_batch_sampling_keeps_the_targets_distribution(small_pair):
         drafters = [ModelDrafter(draft), UniformDrafter(SMALL_VOCAB, 2 * run), ModelDrafter(draft),
                     UniformDrafter(SMALL_VOCAB, 2 * run + 1)]
         outs.append(speculative_generate(target, prompt.repeat(4, 1), drafters, E2E_SAMPLING, num_draft_tokens=2,
-                                         generator=generator)[:, -2:])
+                                         generator=generator, batching=batching)[:, -2:])
     second, third = torch.cat(outs).unbind(1)
     p_second, p_third = exact_marginals(target, prompt, E2E_SAMPLING)
     assert chi_square_p(second, p_second) > P_VALUE
@@ -193,3 +218,9 @@ def test_batch_bad_arguments_are_named():
         speculative_generate(model, ids, [lookup] * 3)
     with pytest.raises(TypeError, match="drafter must have a propose"):
         speculative_generate(model, ids, [lookup, object()])
+    with pytest.raises(ValueError, match="batching must be one of"):
+        speculative_generate(model, ids, lookup, batching="rows")
+    with pytest.raises(ValueError, match="batching='per_row' commits each row's node by state selection"):
+        speculative_generate(model, ids, lookup, batching="per_row", rollback="replay")
+    with pytest.raises(ValueError, match="batching='per_row' needs a model whose layers' caches keep their size"):
+        speculative_generate(build_model(tiny_config(**HYBRID)), ids, lookup, batching="per_row")
