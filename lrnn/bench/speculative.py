@@ -11,9 +11,10 @@ each of ``--prompts`` code prompts with:
 * ``tree``: ``tree_speculative_generate`` with each ``--branching`` shape (``static_tree``), from the
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
 
-``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; trees run at
-batch 1, so none are timed then); ``--chain-batching`` times chains once per listed way of advancing the
-rows (``speculative_generate``'s ``batching``: each row by its own accepted drafts, or all in lockstep).
+``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; trees only with
+an explicit ``--branching`` then, for targets without attention, each row with its own tree);
+``--chain-batching`` times chains once per listed way of advancing the rows (``speculative_generate``'s
+``batching``: each row by its own accepted drafts, or all in lockstep).
 
 ``--chain-rollback`` and ``--tree-commit`` time chains / trees once per listed cache mode (chains: snapshot
 and replay, or verification as a chain-shaped tree with a commit by state selection; trees: commit by state
@@ -188,14 +189,12 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
     ``tree_commits`` (a name shows the mode when it is not the default; chains also once per
     ``chain_batchings`` mode, at ``batch`` > 1). Each call gets a fresh drafter (a
     draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
-    row, and no trees (they run at batch 1: pass no ``branchings``)."""
+    row."""
     check_int("batch", batch, 1)
-    if batch > 1 and branchings:
-        raise ValueError(f"tree speculative decoding runs at batch 1: no tree shapes at batch {batch}, got "
-                         f"{[','.join(map(str, b)) for b in branchings]}")
+
     def per_row(make: Callable[[], Any]) -> Callable[[], Any]:
         return make if batch == 1 else lambda: [make() for _ in range(batch)]
-    drafters = ([("draft model", per_row(partial(ModelDrafter, draft)), partial(ModelTreeDrafter, draft))]
+    drafters = ([("draft model", per_row(partial(ModelDrafter, draft)), per_row(partial(ModelTreeDrafter, draft)))]
                 if draft else []) + \
         [("prompt lookup", partial(PromptLookupDrafter, ngram), partial(PromptLookupTreeDrafter, ngram))]
     methods = [Method(AUTOREGRESSIVE, "-", False, _autoregressive)]
@@ -384,6 +383,9 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
+            if s.batch > 1 and s.branchings and not target.fixed_size_cache:
+                raise ValueError(f"--target {directory} has attention layers: its trees run at batch 1 (drop "
+                                 f"--branching at --batch {s.batch})")
             targets.append({"directory": str(directory), "description": _describe(target)})
             log(f"{directory} ({targets[-1]['description']}): {len(methods)} methods x {len(s.prompts)} prompts "
                 f"(batch {s.batch}) x {s.repeats} rounds")
@@ -517,8 +519,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
     parser.add_argument("--draft-tokens", type=int, default=4, help="k, drafts per chain step (default 4)")
     parser.add_argument("--batch", type=int, default=1,
-                        help="decode the prompts in batches of this many (every method, the baseline too; no "
-                             "trees: they run at batch 1); must divide --prompts (default 1)")
+                        help="decode the prompts in batches of this many (every method, the baseline too; trees "
+                             "only with an explicit --branching, for targets without attention); must divide "
+                             "--prompts (default 1)")
     parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
                         help="tree shapes: B_d children per node at depth d (default: "
                              f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
@@ -590,11 +593,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         check_int(flag, value, minimum)
     if args.prompts % args.batch:
         raise ValueError(f"--batch {args.batch} must divide --prompts {args.prompts}")
-    if args.batch > 1 and args.branching:
-        raise ValueError(f"--branching: tree speculative decoding runs at batch 1, not at --batch {args.batch}")
     batchings = tuple(dict.fromkeys(args.chain_batching))
     if args.batch == 1 and batchings != (DEFAULT_BATCHING,):
         raise ValueError("--chain-batching: the ways of advancing a batch's rows differ only at --batch > 1")
+    if args.batch > 1 and args.branching and "recompute" in args.tree_commit:
+        raise ValueError("--tree-commit recompute: the trees of a batch commit each row's node by selection")
     if "per_row" in batchings and "replay" in args.chain_rollback:
         raise ValueError("--chain-batching per_row commits each row by state selection: it cannot be timed with "
                          "--chain-rollback replay")
@@ -619,7 +622,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(targets=list(args.target), draft=args.draft, corpus=corpus, val_fraction=args.val_fraction,
                     prompts=prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                     draft_tokens=args.draft_tokens,
-                    branchings=[] if args.batch > 1 else list(args.branching or DEFAULT_BRANCHINGS),
+                    branchings=list(args.branching or ([] if args.batch > 1 else DEFAULT_BRANCHINGS)),
                     ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,
                     chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)), chain_batchings=batchings,
                     tree_commits=tuple(dict.fromkeys(args.tree_commit)))

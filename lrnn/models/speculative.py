@@ -42,7 +42,7 @@ advanced by the same ``a + 1`` tokens, ``a``
 the fewest drafts any unfinished row accepted, a row that accepted more keeping its first ``a + 1`` tokens
 (each accepted or corrected token has the target's distribution given the tokens before it, whatever is
 decided after it), so that attention's KV cache stays rectangular. Both are exact; per row is the default
-where it applies. Trees run at batch 1.
+where it applies. Trees batch per row too (``tree_speculative_generate``).
 """
 
 from __future__ import annotations
@@ -560,6 +560,20 @@ def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_ma
                      drafter: Drafter | Sequence[Drafter], sampling: SamplingConfig,
                      num_draft_tokens: int) -> list[Drafter]:
     """Raise on a bad argument of ``speculative_generate``; return the drafter of each row."""
+    check_prompts(model, input_ids, attention_mask)
+    drafters = per_row_drafters(drafter, input_ids)
+    for each in drafters:
+        check_drafter(each, model)
+    check_int("num_draft_tokens", num_draft_tokens, 1)
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    check_token_ids(sampling, model.config.vocab_size)
+    return drafters
+
+
+def check_prompts(model: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """Raise unless ``model`` is a language model and ``input_ids`` integer prompts [B, T >= 1], left-padded
+    as ``attention_mask`` (None or [B, T]) says."""
     check_language_model("model", model)
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] < 1 \
             or input_ids.shape[1] < 1 or input_ids.is_floating_point() or input_ids.is_complex() \
@@ -569,21 +583,18 @@ def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_ma
         raise ValueError(f"input_ids must be integer token ids [B, T] with B, T >= 1, got {got}")
     if attention_mask is not None:
         check_left_padding(attention_mask, input_ids)
+
+
+def per_row_drafters(drafter, input_ids: torch.Tensor) -> list:
+    """One drafter per row of ``input_ids`` [B, T]: ``drafter`` itself B times, or ``drafter`` if it is a
+    sequence of B drafters."""
     batch = input_ids.shape[0]
     if isinstance(drafter, Sequence):
         if len(drafter) != batch:
             raise ValueError(f"drafter must be one drafter or one per row: {batch} for input_ids of shape "
                              f"{tuple(input_ids.shape)}, got a sequence of {len(drafter)}")
-        drafters = list(drafter)
-    else:
-        drafters = [drafter] * batch
-    for each in drafters:
-        check_drafter(each, model)
-    check_int("num_draft_tokens", num_draft_tokens, 1)
-    if not isinstance(sampling, SamplingConfig):
-        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-    check_token_ids(sampling, model.config.vocab_size)
-    return drafters
+        return list(drafter)
+    return [drafter] * batch
 
 
 def check_left_padding(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> None:

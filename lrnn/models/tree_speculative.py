@@ -1,4 +1,4 @@
-"""Tree speculative decoding (greedy or sampled, batch 1): draft a token tree, verify every branch in one forward.
+"""Tree speculative decoding (greedy or sampled): draft a token tree, verify every branch in one forward.
 
 One step, with the target's cache covering every committed token but the last one (the *pending* token):
 
@@ -51,8 +51,8 @@ import torch
 from lrnn.layers import Cache
 from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
-from lrnn.models.speculative import (SpeculativeStats, _emit, _emit_columns, _finished_rows,
-                                     check_language_model)
+from lrnn.models.speculative import (SpeculativeStats, _cut_at_eos, _emit, _emit_columns, _finished_rows, _prompts,
+                                     _stream, check_language_model, check_prompts, per_row_drafters)
 from lrnn.ops import token_tree
 from lrnn.validation import check_int
 
@@ -190,12 +190,13 @@ class PromptLookupTreeDrafter:
 
 # ---- generation ----------------------------------------------------------------------------------
 @torch.no_grad()
-def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter: TreeDrafter,
-                              branching: Sequence[int] = (2, 2, 1), sampling: SamplingConfig | None = None,
-                              generator: torch.Generator | None = None,
+def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor,
+                              drafter: TreeDrafter | Sequence[TreeDrafter], branching: Sequence[int] = (2, 2, 1),
+                              sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
                               on_token: Callable[[torch.Tensor], None] | None = None,
-                              stats: SpeculativeStats | None = None, commit: str = "select") -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` after one prompt, a draft tree verified per target forward.
+                              stats: SpeculativeStats | None = None, commit: str = "select",
+                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` after each prompt, a draft tree verified per target forward.
 
     Greedy output equals ``generate``'s token for token; sampled output has the distribution of
     ``generate``'s (``sampling_walk``); generation stops at ``eos_token_id`` (included). ``stats`` (a
@@ -204,38 +205,61 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
     ``commit="recompute"`` only). A step whose drafter proposed nothing runs an ordinary decode step of
     the pending token instead of a one-node tree pass (it commits itself).
 
+    **Batches** (B > 1; models whose caches keep their size, ``model.fixed_size_cache``: no attention layer)
+    advance per row: every row drafts its own tree, the trees are laid over one another (``union_tree``:
+    the i-th child of a node in one row and in another share a node of the union), one tree pass verifies
+    the union, each row walks its own tree (its nodes' logits) and commits its own accepted node by
+    selection (``commit_tree_path`` with one node per row). Exact like batch 1; a step costs the union's
+    nodes.
+
     Args:
-        model: the target ``LanguageModel``. input_ids: [1, T] the prompt (T >= 1).
-        drafter: a ``TreeDrafter`` (``ModelTreeDrafter``, ``PromptLookupTreeDrafter`` or your own).
+        model: the target ``LanguageModel``. input_ids: [B, T] prompts (T >= 1), left-padded when their
+            lengths differ (``attention_mask`` [B, T], 1 = token, as for ``generate``).
+        drafter: a ``TreeDrafter`` (``ModelTreeDrafter``, ``PromptLookupTreeDrafter`` or your own) for every
+            row, or a sequence of B of them (a ``ModelTreeDrafter`` follows one sequence with its cache).
         branching: the most children per node at each depth, e.g. (2, 2, 1); near ``max_new_tokens`` the
             tree is cut to the levels whose tokens can still be emitted.
         sampling: a ``SamplingConfig`` (default: greedy, 32 tokens); ``do_sample`` with its temperature,
             top_k and top_p samples.
         generator: the random numbers of sampling (the first token and every verification step).
-        on_token: optional callback receiving each new token as a [1] tensor (streaming).
+        on_token: optional callback receiving the tokens of each new position as a [B] tensor (streaming;
+            in a batch, a position is passed on once every row has it).
         commit: how the cache advances by the accepted path: ``"select"`` (the states after the accepted
             node, from what the verification pass kept) or ``"recompute"`` (one more cached forward over
-            the path: the reference).
+            the path: the reference; batch 1 only).
     Returns:
-        [1, T + n] token ids, n <= max_new_tokens.
+        [B, T + n] token ids, n <= max_new_tokens.
     """
     sampling = sampling or SamplingConfig(do_sample=False)
-    branching = _check_arguments(model, input_ids, drafter, branching, sampling)
-    if commit not in COMMITS:
-        raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
-    select = commit == "select"
+    drafters, branching = _check_arguments(model, input_ids, attention_mask, drafter, branching, sampling, commit)
     stats = stats if stats is not None else SpeculativeStats()
+    stats.rows = input_ids.shape[0]
     start = time.perf_counter()
     cache = model.new_cache()
-    logits = model(input_ids, cache=cache, logits_to_keep=1)[0, -1]
+    logits = model(input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=1)[:, -1]
     stats.target_forwards += 1
     stats.prefill_s = time.perf_counter() - start
     if sampling.max_new_tokens == 0:
         return input_ids.clone()
-    pending = select_next(logits[None], sampling, generator)  # [1]: emitted, not yet in the cache
+    pending = select_next(logits, sampling, generator)  # [B]: emitted, not yet in the cache
     _emit(pending, on_token)
     first = time.perf_counter()
-    new, sequence = [pending], torch.cat([input_ids[0], pending])
+    if input_ids.shape[0] > 1:
+        out = _rows_steps(model, cache, pending, _prompts(input_ids, attention_mask), drafters, branching, sampling,
+                          generator, on_token, stats)
+    else:
+        out = _one_row_steps(model, cache, pending, input_ids[0], drafters[0], branching, sampling, generator,
+                             on_token, stats, commit == "select")
+    stats.new_tokens = out.shape[1]
+    stats.decode_s = time.perf_counter() - first
+    return torch.cat([input_ids, out], dim=1)
+
+
+def _one_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, prompt: torch.Tensor,
+                   drafter: TreeDrafter, branching: tuple[int, ...], sampling: SamplingConfig,
+                   generator: torch.Generator | None, on_token, stats: SpeculativeStats, select: bool) -> torch.Tensor:
+    """The decode loop of one prompt (``pending`` [1] emitted after ``prompt`` [T]): the new tokens [1, n]."""
+    new, sequence = [pending], torch.cat([prompt, pending])
     remaining = sampling.max_new_tokens - 1
     finished = _finished_rows(pending, sampling.eos_token_id)  # [1]
     while remaining and not bool(finished.all()):
@@ -273,9 +297,89 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor, dra
                 stats.target_forwards += 1
                 stats.replays += 1
         pending = token[None]
-    stats.new_tokens = sum(len(tokens) for tokens in new)
-    stats.decode_s = time.perf_counter() - first
-    return torch.cat([input_ids, torch.cat(new)[None]], dim=1)
+    return torch.cat(new)[None]
+
+
+def _rows_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, prompts: list[torch.Tensor],
+                drafters: list[TreeDrafter], branching: tuple[int, ...], sampling: SamplingConfig,
+                generator: torch.Generator | None, on_token, stats: SpeculativeStats) -> torch.Tensor:
+    """The decode loop of a batch, each row advanced by its own accepted path (see ``tree_speculative_generate``).
+    Returns the new tokens [B, n], ``pending`` [B] (already emitted) first; rows ended by EOS are padded."""
+    batch, limit = len(pending), sampling.max_new_tokens
+    pending = pending.clone()  # updated row by row below; the caller's tensor was streamed
+    rows = [[int(token)] for token in pending]  # each row's new tokens
+    sequences = [torch.cat([prompt, token[None]]) for prompt, token in zip(prompts, pending)]
+    done = [sampling.eos_token_id is not None and tokens[0] == sampling.eos_token_id or len(tokens) >= limit
+            for tokens in rows]
+    streamed = 1
+    while not all(done):
+        live = [row for row in range(batch) if not done[row]]
+        drafts = {}
+        for row in live:
+            levels = branching[:limit - len(rows[row]) - 1]  # the row emits at most len(levels) + 1 tokens
+            drafts[row] = _checked(drafters[row].propose_tree(sequences[row], levels), levels, model.config.vocab_size,
+                                   sequences[row]) if levels else TreeDraft(sequences[row][:0], sequences[row][:0])
+        union, places = union_tree({row: draft.parents for row, draft in drafts.items()})
+        ids = pending.new_full((batch, 1 + len(union)), sampling.pad_token_id)  # node 0: the pending token
+        ids[:, 0] = pending
+        for row, draft in drafts.items():
+            ids[row, 1 + places[row]] = draft.tokens
+        tree = token_tree(torch.cat([union.new_tensor([-1]), union + 1]))
+        logits, kept = model.forward_tree(ids, cache, tree, keep_states=True)
+        stats.target_forwards += 1
+        nodes = torch.full((batch,), -1, dtype=torch.long)  # rows that are done commit nothing
+        for row in live:
+            draft, own = drafts[row], torch.cat([places[row].new_zeros(1), 1 + places[row]])  # row node -> union
+            parents = torch.cat([draft.parents.new_tensor([-1]), draft.parents + 1])
+            row_ids = torch.cat([pending[row:row + 1], draft.tokens])
+            node, token, path = sampling_walk(logits[row, own], row_ids, parents, sampling, generator) \
+                if sampling.do_sample else greedy_walk(logits[row, own], row_ids, parents)
+            stats.proposed.append(len(draft.tokens))
+            stats.accepted.append(len(path) - 1)
+            emitted, eos = _cut_at_eos(torch.cat([row_ids[path[1:]], token[None]]), sampling.eos_token_id)
+            rows[row] += emitted.tolist()
+            sequences[row] = torch.cat([sequences[row], emitted])
+            done[row] = eos or len(rows[row]) >= limit
+            nodes[row] = -1 if done[row] else int(own[node])
+            pending[row] = token
+        streamed = _stream(rows, done, streamed, sampling, on_token, pending)
+        if all(done):
+            break
+        model.commit_tree_path(ids, cache, tree, nodes, states=kept)
+    width = max(len(tokens) for tokens in rows)
+    _stream(rows, [True] * batch, streamed, sampling, on_token, pending, until=width)
+    return torch.tensor([tokens + [sampling.pad_token_id] * (width - len(tokens)) for tokens in rows],
+                        dtype=pending.dtype, device=pending.device)
+
+
+def union_tree(trees: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Lay draft trees over one another: the union's node for a tree's node is found by the child positions
+    along its path (the i-th child of the j-th child of the root, ...), so a node of the union stands for
+    the nodes at the same place in every tree that has one.
+
+    Args: trees: per key, parents [N_k] (topological, -1: a root child), as ``TreeDraft.parents``.
+    Returns: (the union's parents [U], level by level, so topological; per key, the union node of each of
+    its nodes [N_k]).
+    """
+    children = {key: [[] for _ in range(len(parents) + 1)] for key, parents in trees.items()}  # [0]: the root
+    for key, parents in trees.items():
+        for node, parent in enumerate(parents.tolist()):
+            children[key][parent + 1].append(node)
+    union: list[int] = []
+    places = {key: [0] * len(parents) for key, parents in trees.items()}
+    level = [(-1, {key: -1 for key in trees})]  # (union node, each tree's node there; -1: the root)
+    while level:
+        next_level = []
+        for here, nodes in level:
+            kids = {key: children[key][node + 1] for key, node in nodes.items()}
+            for i in range(max((len(k) for k in kids.values()), default=0)):
+                there = {key: k[i] for key, k in kids.items() if i < len(k)}
+                for key, node in there.items():
+                    places[key][node] = len(union)
+                union.append(here)
+                next_level.append((len(union) - 1, there))
+        level = next_level
+    return torch.tensor(union, dtype=torch.long), {key: torch.tensor(p, dtype=torch.long) for key, p in places.items()}
 
 
 def greedy_walk(logits: torch.Tensor, tokens: torch.Tensor,
@@ -337,25 +441,28 @@ def _reject(residual: torch.Tensor, token: torch.Tensor) -> None:
     residual[token] = 0.0
 
 
-def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, drafter: TreeDrafter, branching: Sequence[int],
-                     sampling: SamplingConfig) -> tuple[int, ...]:
-    check_one_prompt(model, input_ids)
-    check_tree_drafter(drafter, model)
+def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     drafter: TreeDrafter | Sequence[TreeDrafter], branching: Sequence[int], sampling: SamplingConfig,
+                     commit: str) -> tuple[list[TreeDrafter], tuple[int, ...]]:
+    """Raise on a bad argument of ``tree_speculative_generate``; return (the drafter of each row, branching)."""
+    check_prompts(model, input_ids, attention_mask)
+    if commit not in COMMITS:
+        raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
+    batch = input_ids.shape[0]
+    if batch > 1 and not model.fixed_size_cache:
+        raise ValueError("tree speculative decoding of a batch needs a model whose layers' caches keep their size "
+                         "(no attention layer: each row commits its own path); decode one prompt at a time, or use "
+                         "speculative_generate (chains), which batches attention in lockstep")
+    if batch > 1 and commit != "select":
+        raise ValueError("tree speculative decoding of a batch commits each row's node by selection: commit must "
+                         f"be 'select', got {commit!r}")
+    drafters = per_row_drafters(drafter, input_ids)
+    for each in drafters:
+        check_tree_drafter(each, model)
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
     check_token_ids(sampling, model.config.vocab_size)
-    return check_branching(branching)
-
-
-def check_one_prompt(model: LanguageModel, input_ids: torch.Tensor) -> None:
-    """Raise unless ``model`` is a ``LanguageModel`` with an LM head and ``input_ids`` one prompt [1, T >= 1]
-    (tree speculative decoding runs at batch 1)."""
-    check_language_model("model", model)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1 \
-            or input_ids.shape[1] < 1:
-        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be one prompt of shape [1, T] with T >= 1 (tree speculative "
-                         f"decoding runs at batch 1), got {got}")
+    return drafters, check_branching(branching)
 
 
 def check_tree_drafter(drafter: TreeDrafter, model: LanguageModel) -> None:

@@ -259,13 +259,16 @@ def test_batches_time_chains_in_lockstep_against_batched_autoregressive_decoding
     assert all(r["calls"] == 1 for r in rows.values())  # one batch of 2 prompts, one round
     assert rows["autoregressive"]["tokens_per_s"] == pytest.approx(2 * 12 / rows["autoregressive"]["round_seconds"][0])
     assert "in batches of 2 prompts (chains per row" in capsys.readouterr().out
+    assert cli(*small_run(models, corpus, "--json", out), "--repeats", 1, "--batch", 2) == 0  # with trees
+    report = json.loads(out.read_text())
+    assert report["mismatches"] == [] and "tree 2,1 / draft model" in report["methods"]
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--batch", 0], "--batch must be >= 1, got 0"),
     (["--batch", 3], "--batch 3 must divide --prompts 2"),
-    (["--batch", 2, "--branching", "2,1"], "--branching: tree speculative decoding runs at batch 1, not at --batch 2"),
     (["--chain-batching", "lockstep"], "--chain-batching: the ways of advancing a batch's rows differ only at --batch"),
+    (["--batch", 2, "--branching", "2,1", "--tree-commit", "recompute"], "--tree-commit recompute: the trees of a batch"),
     (["--batch", 2, "--chain-batching", "per_row", "--chain-rollback", "replay"],
      "--chain-batching per_row commits each row by state selection"),
 ])

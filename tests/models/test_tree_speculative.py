@@ -256,8 +256,14 @@ def test_bad_arguments():
     for branching in ((), (2, 0), "21", (2, 1.5)):
         with pytest.raises((ValueError, TypeError), match="branching"):
             tree_speculative_generate(model, prompt, drafter, branching)
-    with pytest.raises(ValueError, match=r"\[1, T\]"):
-        tree_speculative_generate(model, random_ids(2, 4), drafter)
+    with pytest.raises(ValueError, match=r"input_ids must be integer token ids \[B, T\]"):
+        tree_speculative_generate(model, random_ids(1, 0), drafter)
+    with pytest.raises(ValueError, match="a batch needs a model whose layers' caches keep their size"):
+        tree_speculative_generate(model_for("deltanet+attention_every_2"), random_ids(2, 4), drafter)
+    with pytest.raises(ValueError, match="a batch commits each row's node by selection"):
+        tree_speculative_generate(model, random_ids(2, 4), drafter, commit="recompute")
+    with pytest.raises(ValueError, match="commit must be one of"):
+        tree_speculative_generate(model, prompt, drafter, commit="replay")
     with pytest.raises(TypeError, match="propose_tree"):
         tree_speculative_generate(model, prompt, object())
     with pytest.raises(ValueError, match="vocab_size"):
