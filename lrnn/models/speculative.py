@@ -454,55 +454,91 @@ def _per_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, se
     commits by selection): one chain-shaped tree pass verifies every row's draft (padded to the longest),
     each row commits its own node. Returns the new tokens [B, n] after the prompts, ``pending`` included;
     rows that stopped at EOS are padded."""
-    batch, limit = len(pending), sampling.max_new_tokens
-    pending = pending.clone()  # updated row by row below; the caller's tensor was streamed
-    rows = [[int(token)] for token in pending]  # each row's new tokens
-    done = [sampling.eos_token_id is not None and tokens[0] == sampling.eos_token_id or len(tokens) >= limit
-            for tokens in rows]
-    streamed = 1  # positions passed to on_token
+    progress = RowProgress(pending, sequences, sampling, on_token)
     chains: dict[int, TokenTree] = {}
-    while not all(done):
-        live = [row for row in range(batch) if not done[row]]
-        most = [min(num_draft_tokens, limit - len(rows[row]) - 1) for row in live]  # a row emits <= most + 1
-        drafts = _draft_rows(drafters, sequences, live, most, sampling, generator, model.config.vocab_size)
+    while progress.live:
+        most = [min(num_draft_tokens, progress.room(row) - 1) for row in progress.live]  # a row emits <= most + 1
+        drafts = _draft_rows(drafters, progress.sequences, progress.live, most, sampling, generator,
+                             model.config.vocab_size)
         n = max(len(draft.tokens) for draft in drafts.values())
-        ids = _padded_ids(pending, drafts, n, sampling.pad_token_id)
+        ids = _padded_ids(progress.pending, drafts, n, sampling.pad_token_id)
         chain = _chain(chains, n, ids.device)
         logits, kept = model.forward_tree(ids, cache, chain, keep_states=True)
         stats.target_forwards += 1
-        nodes = torch.full((batch,), -1, dtype=torch.long)  # rows that are done commit nothing
-        for row in live:
-            draft = drafts[row]
+        for row, draft in drafts.items():
             a, token = verify_draft(logits[row, :len(draft.tokens) + 1], draft, sampling, generator)
             stats.proposed.append(len(draft.tokens))
             stats.accepted.append(a)
-            emitted, eos = _cut_at_eos(torch.cat([draft.tokens[:a], token[None]]), sampling.eos_token_id)
-            rows[row] += emitted.tolist()
-            sequences[row] = torch.cat([sequences[row], emitted])
-            done[row] = eos or len(rows[row]) >= limit
-            nodes[row] = -1 if done[row] else a
-            pending[row] = token
-        streamed = _stream(rows, done, streamed, sampling, on_token, pending)
-        if all(done):
+            progress.advance(row, torch.cat([draft.tokens[:a], token[None]]), node=a)
+        if progress.step_done():
             break
-        model.commit_tree_path(ids, cache, chain, nodes, states=kept)
-    width = max(len(tokens) for tokens in rows)
-    _stream(rows, [True] * batch, streamed, sampling, on_token, pending, until=width)
-    return torch.tensor([tokens + [sampling.pad_token_id] * (width - len(tokens)) for tokens in rows],
-                        dtype=pending.dtype, device=pending.device)
+        model.commit_tree_path(ids, cache, chain, progress.nodes, states=kept)
+    return progress.result()
 
 
-def _stream(rows: list[list[int]], done: list[bool], streamed: int, sampling: SamplingConfig, on_token,
-            like: torch.Tensor, until: int | None = None) -> int:
-    """Pass to ``on_token`` the positions after ``streamed`` that every row has (a row that is done has all,
-    padded), up to ``until`` if given; returns the new count of streamed positions."""
-    ready = min(len(tokens) if not finished else float("inf") for tokens, finished in zip(rows, done))
-    ready = int(min(ready, until if until is not None else max(len(tokens) for tokens in rows)))
-    for position in range(streamed, ready):
-        if on_token is not None:
-            on_token(like.new_tensor([tokens[position] if position < len(tokens) else sampling.pad_token_id
-                                      for tokens in rows]))
-    return max(streamed, ready)
+class RowProgress:
+    """The rows of a batch decoded per row (speculative chains and trees): each row's new tokens and
+    committed sequence, its pending token, which rows are done (EOS or ``max_new_tokens``), the node each
+    row commits after a step, and streaming of the positions that every row has.
+
+    ``pending`` [B]: the first new tokens (already emitted); ``sequences``: each row's prompt + that token.
+    """
+
+    def __init__(self, pending: torch.Tensor, sequences: list[torch.Tensor], sampling: SamplingConfig,
+                 on_token: Callable[[torch.Tensor], None] | None) -> None:
+        self.sampling, self.on_token = sampling, on_token
+        self.pending = pending.clone()  # updated row by row; the caller's tensor was streamed
+        self.sequences = sequences
+        self.rows = [[int(token)] for token in pending]
+        self.done = [self._ends(tokens, eos=sampling.eos_token_id is not None and tokens[0] == sampling.eos_token_id)
+                     for tokens in self.rows]
+        self.nodes = torch.full((len(pending),), -1, dtype=torch.long)
+        self.streamed = 1  # positions passed to on_token
+
+    @property
+    def live(self) -> list[int]:
+        """The rows still decoding."""
+        return [row for row, done in enumerate(self.done) if not done]
+
+    def room(self, row: int) -> int:
+        """How many more tokens ``row`` may emit."""
+        return self.sampling.max_new_tokens - len(self.rows[row])
+
+    def advance(self, row: int, tokens: torch.Tensor, node: int) -> None:
+        """Row ``row`` emits ``tokens`` [a + 1] (cut after an EOS), the last one its new pending token, and
+        will commit ``node`` (-1, nothing, once the row is done)."""
+        emitted, eos = _cut_at_eos(tokens, self.sampling.eos_token_id)
+        self.rows[row] += emitted.tolist()
+        self.sequences[row] = torch.cat([self.sequences[row], emitted])
+        self.done[row] = self._ends(self.rows[row], eos)
+        self.nodes[row] = -1 if self.done[row] else node
+        self.pending[row] = tokens[-1]
+
+    def step_done(self) -> bool:
+        """After a step's rows advanced: stream what every row has; whether every row is done."""
+        self._stream(min(len(tokens) for tokens, done in zip(self.rows, self.done) if not done)
+                     if not all(self.done) else None)
+        return all(self.done)
+
+    def result(self) -> torch.Tensor:
+        """The new tokens [B, n] (rows ended by EOS padded), the rest streamed."""
+        width = max(len(tokens) for tokens in self.rows)
+        rows = [tokens + [self.sampling.pad_token_id] * (width - len(tokens)) for tokens in self.rows]
+        self._stream(width)
+        return torch.tensor(rows, dtype=self.pending.dtype, device=self.pending.device)
+
+    def _ends(self, tokens: list[int], eos: bool) -> bool:
+        return eos or len(tokens) >= self.sampling.max_new_tokens
+
+    def _stream(self, ready: int | None) -> None:
+        """Pass to ``on_token`` the positions up to ``ready`` (None: every row's) not passed yet, as [B]
+        tensors (a row that is done gives padding after its end)."""
+        ready = max(len(tokens) for tokens in self.rows) if ready is None else ready
+        for position in range(self.streamed, ready):
+            if self.on_token is not None:
+                self.on_token(self.pending.new_tensor([tokens[position] if position < len(tokens)
+                                                       else self.sampling.pad_token_id for tokens in self.rows]))
+        self.streamed = max(self.streamed, ready)
 
 
 def _emit_columns(tokens: torch.Tensor, finished: torch.Tensor, sampling: SamplingConfig,

@@ -51,8 +51,8 @@ import torch
 from lrnn.layers import Cache
 from lrnn.models.generation import SamplingConfig, check_token_ids, sampling_probs, select_next
 from lrnn.models.lm import LanguageModel
-from lrnn.models.speculative import (SpeculativeStats, _cut_at_eos, _emit, _emit_columns, _finished_rows, _prompts,
-                                     _stream, check_language_model, check_prompts, per_row_drafters)
+from lrnn.models.speculative import (RowProgress, SpeculativeStats, _emit, _emit_columns, _finished_rows, _prompts,
+                                     check_language_model, check_prompts, per_row_drafters)
 from lrnn.ops import token_tree
 from lrnn.validation import check_int
 
@@ -305,51 +305,34 @@ def _rows_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, promp
                 generator: torch.Generator | None, on_token, stats: SpeculativeStats) -> torch.Tensor:
     """The decode loop of a batch, each row advanced by its own accepted path (see ``tree_speculative_generate``).
     Returns the new tokens [B, n], ``pending`` [B] (already emitted) first; rows ended by EOS are padded."""
-    batch, limit = len(pending), sampling.max_new_tokens
-    pending = pending.clone()  # updated row by row below; the caller's tensor was streamed
-    rows = [[int(token)] for token in pending]  # each row's new tokens
-    sequences = [torch.cat([prompt, token[None]]) for prompt, token in zip(prompts, pending)]
-    done = [sampling.eos_token_id is not None and tokens[0] == sampling.eos_token_id or len(tokens) >= limit
-            for tokens in rows]
-    streamed = 1
-    while not all(done):
-        live = [row for row in range(batch) if not done[row]]
+    progress = RowProgress(pending, [torch.cat([p, t[None]]) for p, t in zip(prompts, pending)], sampling, on_token)
+    while progress.live:
         drafts = {}
-        for row in live:
-            levels = branching[:limit - len(rows[row]) - 1]  # the row emits at most len(levels) + 1 tokens
-            drafts[row] = _checked(drafters[row].propose_tree(sequences[row], levels), levels, model.config.vocab_size,
-                                   sequences[row]) if levels else TreeDraft(sequences[row][:0], sequences[row][:0])
+        for row in progress.live:
+            levels, sequence = branching[:progress.room(row) - 1], progress.sequences[row]  # <= len(levels) + 1 tokens
+            drafts[row] = _checked(drafters[row].propose_tree(sequence, levels), levels, model.config.vocab_size,
+                                   sequence) if levels else TreeDraft(sequence[:0], sequence[:0])
         union, places = union_tree({row: draft.parents for row, draft in drafts.items()})
-        ids = pending.new_full((batch, 1 + len(union)), sampling.pad_token_id)  # node 0: the pending token
-        ids[:, 0] = pending
+        ids = progress.pending.new_full((len(pending), 1 + len(union)), sampling.pad_token_id)  # node 0: pending
+        ids[:, 0] = progress.pending
         for row, draft in drafts.items():
             ids[row, 1 + places[row]] = draft.tokens
         tree = token_tree(torch.cat([union.new_tensor([-1]), union + 1]))
         logits, kept = model.forward_tree(ids, cache, tree, keep_states=True)
         stats.target_forwards += 1
-        nodes = torch.full((batch,), -1, dtype=torch.long)  # rows that are done commit nothing
-        for row in live:
-            draft, own = drafts[row], torch.cat([places[row].new_zeros(1), 1 + places[row]])  # row node -> union
+        for row, draft in drafts.items():
+            own = torch.cat([places[row].new_zeros(1), 1 + places[row]])  # the row's nodes in the union
             parents = torch.cat([draft.parents.new_tensor([-1]), draft.parents + 1])
-            row_ids = torch.cat([pending[row:row + 1], draft.tokens])
+            row_ids = ids[row, own]
             node, token, path = sampling_walk(logits[row, own], row_ids, parents, sampling, generator) \
                 if sampling.do_sample else greedy_walk(logits[row, own], row_ids, parents)
             stats.proposed.append(len(draft.tokens))
             stats.accepted.append(len(path) - 1)
-            emitted, eos = _cut_at_eos(torch.cat([row_ids[path[1:]], token[None]]), sampling.eos_token_id)
-            rows[row] += emitted.tolist()
-            sequences[row] = torch.cat([sequences[row], emitted])
-            done[row] = eos or len(rows[row]) >= limit
-            nodes[row] = -1 if done[row] else int(own[node])
-            pending[row] = token
-        streamed = _stream(rows, done, streamed, sampling, on_token, pending)
-        if all(done):
+            progress.advance(row, torch.cat([row_ids[path[1:]], token[None]]), node=int(own[node]))
+        if progress.step_done():
             break
-        model.commit_tree_path(ids, cache, tree, nodes, states=kept)
-    width = max(len(tokens) for tokens in rows)
-    _stream(rows, [True] * batch, streamed, sampling, on_token, pending, until=width)
-    return torch.tensor([tokens + [sampling.pad_token_id] * (width - len(tokens)) for tokens in rows],
-                        dtype=pending.dtype, device=pending.device)
+        model.commit_tree_path(ids, cache, tree, progress.nodes, states=kept)
+    return progress.result()
 
 
 def union_tree(trees: dict[int, torch.Tensor]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

@@ -18,40 +18,19 @@ Usage: python docs/results/table3_paper/diagnose_deltanet.py [RUN_DIR ...]   (on
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from lrnn.layers import DeltaNet
-from lrnn.training import evaluate_run, load_run, make_eval_task
+from lrnn.training import evaluate_run
+
+from feature_hooks import features_hook, trained_runs
 
 torch.set_num_threads(1)
 HERE = Path(__file__).parent
 runs = [Path(p) for p in sys.argv[1:]] or sorted([*HERE.glob("runs/parity-deltanet-neg-*"),
                                                   *HERE.glob("runs/parity-gated_deltanet-neg-*")])
-
-
-@contextmanager
-def features_hook(model, edit=None, record=None):
-    """Wrap every DeltaNet layer's ``_features`` (q, k, v, beta, log_a): ``edit`` may replace them, ``record``
-    sees them."""
-    layers = [m for m in model.modules() if isinstance(m, DeltaNet)]
-    for layer in layers:
-        real = layer._features
-
-        def wrapped(*args, real=real, **kwargs):
-            out = real(*args, **kwargs)
-            out = out if edit is None else edit(*out)
-            if record is not None:
-                record(*out)
-            return out
-        layer._features = wrapped
-    try:
-        yield layers
-    finally:
-        for layer in layers:
-            del layer._features
 
 
 def bins(result: dict) -> str:
@@ -62,16 +41,10 @@ def exact_reflections(q, k, v, beta, log_a):
     return q, k, v, torch.where(beta > 1.9, torch.full_like(beta, 2.0), beta), log_a
 
 
-for run in runs:
-    if not (run / "model").is_dir():
-        print(f"{run.name}: no model/ (unfinished or not run here)")
-        continue
-    saved = load_run(run)
-    model, config = saved.model.eval(), saved.config
-    ids = make_eval_task(config).sample(64, 256, 256, torch.Generator().manual_seed(0)).inputs  # 256 bits
-    ones = ids == 1  # the tokens of bit 1 (bit 0 is token 0)
+for run, model, config, ids, ones in trained_runs(runs):
     seen = []
-    with features_hook(model, record=lambda q, k, v, beta, log_a: seen.append((beta, log_a))), torch.no_grad():
+    record = lambda q, k, v, beta, log_a: seen.append((beta, log_a))  # noqa: E731
+    with features_hook(model, DeltaNet, record=record), torch.no_grad():
         model(ids)
     print(f"== {run.name}")
     carriers = []
@@ -91,12 +64,12 @@ for run in runs:
     bins_of = [f"{b['min_length']}-{b['max_length']}" for b in evaluate_run(model, config)["bins"]]
     print(f"  scaled accuracy per bin ({', '.join(bins_of)}):")
     print(f"    as trained:              {bins(evaluate_run(model, config))}")
-    with features_hook(model, edit=exact_reflections):
+    with features_hook(model, DeltaNet, edit=exact_reflections):
         print(f"    beta > 1.9 set to 2:     {bins(evaluate_run(model, config))}")
     if carriers:
         layers = [m for m in model.modules() if isinstance(m, DeltaNet)]
         for layer, carrier in zip(layers, carriers):
             layer.A_log.data[carrier] = -float("inf")  # exp(A_log) = 0: log a = 0, a = 1 on those heads
         print(f"    carrier gates set to 1:  {bins(evaluate_run(model, config))}")
-        with features_hook(model, edit=exact_reflections):
+        with features_hook(model, DeltaNet, edit=exact_reflections):
             print(f"    both:                    {bins(evaluate_run(model, config))}")
