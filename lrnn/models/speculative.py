@@ -336,9 +336,12 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
     first = time.perf_counter()
     stats.prefill_s = first - start
     sequences = [torch.cat([prompt, token[None]]) for prompt, token in zip(_prompts(input_ids, attention_mask), pending)]
-    run = _per_row_steps if per_row and batch > 1 else _lockstep_steps
-    out = run(model, cache, pending, sequences, drafters, sampling, num_draft_tokens, generator, on_token, stats,
-              rollback)
+    if per_row and batch > 1:
+        out = _per_row_steps(model, cache, pending, sequences, drafters, sampling, num_draft_tokens, generator,
+                             on_token, stats)
+    else:
+        out = _lockstep_steps(model, cache, pending, sequences, drafters, sampling, num_draft_tokens, generator,
+                              on_token, stats, rollback)
     stats.new_tokens = out.shape[1]
     stats.decode_s = time.perf_counter() - first
     return torch.cat([input_ids, out], dim=1)
@@ -367,15 +370,11 @@ def _modes(model: LanguageModel, rollback: str, batching: str) -> tuple[str, boo
     return rollback, batching == "auto" and rollback == "select" and model.fixed_size_cache
 
 
-def _draft_rows(drafters: list[Drafter], sequences: list[torch.Tensor], rows: list[int], most: list[int] | int,
+def _draft_rows(drafters: list[Drafter], sequences: list[torch.Tensor], most: dict[int, int],
                 sampling: SamplingConfig, generator: torch.Generator | None, vocab_size: int) -> dict[int, Draft]:
-    """Each row's checked draft of at most ``most`` tokens (per row, or one bound for all)."""
-    drafts = {}
-    for i, row in enumerate(rows):
-        bound = most[i] if isinstance(most, list) else most
-        drafts[row] = _checked(drafters[row].propose(sequences[row], bound, sampling, generator), bound, vocab_size,
-                               sequences[row]) if bound else Draft(sequences[row][:0])
-    return drafts
+    """Each row's checked draft of at most ``most[row]`` tokens, for the rows in ``most``."""
+    return {row: _checked(drafters[row].propose(sequences[row], bound, sampling, generator), bound, vocab_size,
+                          sequences[row]) if bound else Draft(sequences[row][:0]) for row, bound in most.items()}
 
 
 def _padded_ids(pending: torch.Tensor, drafts: dict[int, Draft], n: int, pad: int) -> torch.Tensor:
@@ -409,7 +408,8 @@ def _lockstep_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, s
     while remaining and not bool(finished.all()):
         most = min(num_draft_tokens, remaining - 1)  # a step emits up to most + 1 tokens
         live = [row for row in range(batch) if not finished[row]]
-        drafts = _draft_rows(drafters, sequences, live, most, sampling, generator, model.config.vocab_size)
+        drafts = _draft_rows(drafters, sequences, dict.fromkeys(live, most), sampling, generator,
+                             model.config.vocab_size)
         n = min(len(draft.tokens) for draft in drafts.values())  # no row can advance further than this
         drafts = {row: _cut(draft, n) for row, draft in drafts.items()}
         ids = _padded_ids(pending, drafts, n, sampling.pad_token_id)  # finished rows: never read
@@ -448,8 +448,7 @@ def _lockstep_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, s
 
 def _per_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, sequences: list[torch.Tensor],
                    drafters: list[Drafter], sampling: SamplingConfig, num_draft_tokens: int,
-                   generator: torch.Generator | None, on_token, stats: SpeculativeStats,
-                   rollback: str) -> torch.Tensor:
+                   generator: torch.Generator | None, on_token, stats: SpeculativeStats) -> torch.Tensor:
     """The decode loop with each row advanced by its own accepted drafts + 1 (``fixed_size_cache`` models,
     commits by selection): one chain-shaped tree pass verifies every row's draft (padded to the longest),
     each row commits its own node. Returns the new tokens [B, n] after the prompts, ``pending`` included;
@@ -457,9 +456,8 @@ def _per_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, se
     progress = RowProgress(pending, sequences, sampling, on_token)
     chains: dict[int, TokenTree] = {}
     while progress.live:
-        most = [min(num_draft_tokens, progress.room(row) - 1) for row in progress.live]  # a row emits <= most + 1
-        drafts = _draft_rows(drafters, progress.sequences, progress.live, most, sampling, generator,
-                             model.config.vocab_size)
+        most = {row: min(num_draft_tokens, progress.room(row) - 1) for row in progress.live}  # emits <= most + 1
+        drafts = _draft_rows(drafters, progress.sequences, most, sampling, generator, model.config.vocab_size)
         n = max(len(draft.tokens) for draft in drafts.values())
         ids = _padded_ids(progress.pending, drafts, n, sampling.pad_token_id)
         chain = _chain(chains, n, ids.device)
