@@ -244,11 +244,11 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor,
     pending = select_next(logits, sampling, generator)  # [B]: emitted, not yet in the cache
     _emit(pending, on_token)
     first = time.perf_counter()
+    prompts = _prompts(input_ids, attention_mask)  # without the left padding: what the drafters see
     if input_ids.shape[0] > 1:
-        out = _rows_steps(model, cache, pending, _prompts(input_ids, attention_mask), drafters, branching, sampling,
-                          generator, on_token, stats)
+        out = _rows_steps(model, cache, pending, prompts, drafters, branching, sampling, generator, on_token, stats)
     else:
-        out = _one_row_steps(model, cache, pending, input_ids[0], drafters[0], branching, sampling, generator,
+        out = _one_row_steps(model, cache, pending, prompts[0], drafters[0], branching, sampling, generator,
                              on_token, stats, commit == "select")
     stats.new_tokens = out.shape[1]
     stats.decode_s = time.perf_counter() - first

@@ -130,3 +130,17 @@ def test_batch_tree_sampling_keeps_the_targets_distribution(small_pair):
     p_second, p_third = exact_marginals(target, prompt, TREE_SAMPLING)
     assert_follows(second, p_second, "the 2nd new token")
     assert_follows(third, p_third, "the 3rd new token")
+
+
+@torch.no_grad()
+def test_one_left_padded_prompt_drafts_from_its_tokens():
+    """A batch of one left-padded prompt (attention_mask given): the drafter sees the prompt without its
+    padding (the oracle asserts the sequence it is shown), and the output equals ``generate``'s."""
+    model = model_for("mamba2")
+    prompt = batch_prompts()[1]  # 5 tokens
+    ids, mask = left_padded([prompt, batch_prompts()[0]])
+    ids, mask = ids[:1], mask[:1]  # 3 padding positions, then the prompt
+    expected = greedy_batch(model, ids, mask)
+    out = tree_speculative_generate(model, ids, oracles([prompt], expected, [BRANCHING])[0], BRANCHING,
+                                    SamplingConfig(max_new_tokens=NEW_TOKENS), attention_mask=mask)
+    assert torch.equal(out, expected)
