@@ -12,7 +12,7 @@ each of ``--prompts`` code prompts with:
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
 
 ``--batch B`` decodes the prompts in batches of B (the autoregressive baseline batched too; trees only with
-an explicit ``--branching`` then, for targets without attention, each row with its own tree);
+an explicit ``--branching`` then, each row with its own tree);
 ``--chain-batching`` times chains once per listed way of advancing the rows (``speculative_generate``'s
 ``batching``: each row by its own accepted drafts, or all in lockstep).
 
@@ -383,9 +383,9 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
-            if s.batch > 1 and s.branchings and not target.fixed_size_cache:
-                raise ValueError(f"--target {directory} has attention layers: its trees run at batch 1 (drop "
-                                 f"--branching at --batch {s.batch})")
+            if s.batch > 1 and s.branchings and not target.per_row_commit:
+                raise ValueError(f"--target {directory} has a layer that cannot commit per row: its trees run at "
+                                 f"batch 1 (drop --branching at --batch {s.batch})")
             targets.append({"directory": str(directory), "description": _describe(target)})
             log(f"{directory} ({targets[-1]['description']}): {len(methods)} methods x {len(s.prompts)} prompts "
                 f"(batch {s.batch}) x {s.repeats} rounds")
@@ -448,7 +448,7 @@ def render(report: dict[str, Any]) -> str:
              f"document's first {report['prompt_tokens'] - 1} tokens ({report['prompt_tokens']} tokens). Greedy "
              f"decoding of {report['new_tokens']} new tokens per prompt (no stop at end-of-document)"
              + (f", in batches of {report.get('batch', 1)} prompts (chains per row -- each row advances by its own "
-                "accepted drafts, the default for models without attention -- or in lockstep -- every row by "
+                "accepted drafts, the default -- or in lockstep -- every row by "
                 "the fewest any row accepted; accepted / step counts per row and step)."
                 if report.get("batch", 1) > 1 else "."),
              "",
@@ -520,7 +520,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-tokens", type=int, default=4, help="k, drafts per chain step (default 4)")
     parser.add_argument("--batch", type=int, default=1,
                         help="decode the prompts in batches of this many (every method, the baseline too; trees "
-                             "only with an explicit --branching, for targets without attention); must divide "
+                             "only with an explicit --branching); must divide "
                              "--prompts (default 1)")
     parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
                         help="tree shapes: B_d children per node at depth d (default: "
@@ -532,7 +532,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"replay for models with an LSTM layer) (default {DEFAULT_ROLLBACK})")
     parser.add_argument("--chain-batching", nargs="+", choices=BATCHINGS, default=[DEFAULT_BATCHING],
                         help="at --batch > 1, how chains advance the rows, each timed as a method: per_row (each "
-                             "row by its own accepted drafts; models without attention), lockstep (every row by "
+                             "row by its own accepted drafts), lockstep (every row by "
                              "the fewest any row accepted) or auto (speculative_generate's default: per_row where "
                              f"possible) (default {DEFAULT_BATCHING})")
     parser.add_argument("--tree-commit", nargs="+", choices=COMMITS, default=[DEFAULT_COMMIT],

@@ -36,7 +36,7 @@ class Attention(nn.Module):
     document visible (its earlier keys are marked invalid), which a next call continues.
     """
 
-    fixed_size_cache = False  # the KV cache grows with every token: rows of a batch commit in step
+    fixed_size_cache = False  # the KV cache grows with every token: per-row commits go through commit_tree_rows
 
     def __init__(self, d_model: int, num_heads: int = 4, rope_base: float = 10000.0) -> None:
         super().__init__()
@@ -103,6 +103,26 @@ class Attention(nn.Module):
         path = accepted.path
         k, v = kept["k"][:, path], kept["v"][:, path]
         valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
+        if "k" in state:
+            k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
+            valid = torch.cat([state["valid"], valid], dim=1)
+        state["k"], state["v"], state["valid"] = k, v, valid
+
+    def commit_tree_rows(self, state: State, kept: TreeKeep, tree: TokenTree, nodes: torch.Tensor) -> None:
+        """``commit_tree`` with one accepted node per row (``nodes`` [B], -1: nothing): row r's KV cache grows
+        by the keys and values of its own root-to-``nodes[r]`` path. The paths differ in length while the
+        cache stays one tensor, so every row grows by the longest path and a shorter path's last slots are
+        marked invalid in ``state["valid"]`` -- holes that attention ignores and positions skip, as they do
+        left padding -- so each row's cache reads exactly as if it had committed its path alone."""
+        nodes = nodes.to(kept["k"].device)
+        on_path = tree.mask.to(nodes.device)[nodes.clamp(min=0)] & (nodes >= 0)[:, None]  # [B, N]
+        lengths = on_path.sum(1)
+        width = int(lengths.max())
+        # Each row's path nodes first, in ascending (= root-to-node) order; then anything, marked invalid.
+        order = torch.argsort((~on_path).to(torch.int8), dim=1, stable=True)[:, :width]
+        valid = torch.arange(width, device=nodes.device)[None] < lengths[:, None]
+        index = order[:, :, None, None].expand(-1, -1, *kept["k"].shape[2:])
+        k, v = kept["k"].gather(1, index), kept["v"].gather(1, index)
         if "k" in state:
             k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
             valid = torch.cat([state["valid"], valid], dim=1)

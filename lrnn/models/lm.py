@@ -127,12 +127,15 @@ class LanguageModel(nn.Module):
         return any(getattr(layer.mixer, "tree_pass_per_node", False) for layer in self.layers)
 
     @property
-    def fixed_size_cache(self) -> bool:
-        """Whether every layer's cache entry keeps its size as tokens are added (recurrent states, conv
-        windows), so that rows of a batch may commit paths of different lengths (``commit_tree_path`` with
-        one node per row). A mixer with a growing cache (attention's KV cache) marks itself
-        ``fixed_size_cache = False``."""
-        return all(getattr(layer.mixer, "fixed_size_cache", True) for layer in self.layers)
+    def per_row_commit(self) -> bool:
+        """Whether rows of a batch may commit different nodes of a verified tree (``commit_tree_path`` with one
+        node per row), i.e. advance by paths of different lengths. Every layer must allow it: a cache entry
+        that keeps its size as tokens are added (recurrent states, conv windows) takes each row's entries
+        from that row's own commit; a mixer whose cache grows with the tokens (attention's KV cache,
+        ``fixed_size_cache = False``) needs a ``commit_tree_rows`` that grows every row alike (attention
+        marks the slots a shorter path leaves empty as invalid)."""
+        return all(getattr(layer.mixer, "fixed_size_cache", True) or hasattr(layer.mixer, "commit_tree_rows")
+                   for layer in self.layers)
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
@@ -176,9 +179,9 @@ class LanguageModel(nn.Module):
         -1: nothing), so that it holds exactly what decoding the path's tokens would leave.
 
         ``node`` may be one node per row (a LongTensor [B], -1 for a row that commits nothing), with
-        ``states``: each row then advances by its own path (``fixed_size_cache`` models only: the rows'
-        caches stay rectangular because no layer's cache grows with the tokens). ``cache.length`` grows by
-        the longest of those paths.
+        ``states``: each row then advances by its own path (``per_row_commit`` models: every built-in mixer;
+        a KV cache grows by the longest path in every row, with the slots a shorter path leaves empty
+        marked invalid). ``cache.length`` grows by the longest of those paths.
 
         ``states=None``: by **recomputation**, one ordinary cached forward over the path's tokens (the
         reference). ``states`` (from ``forward_tree(..., keep_states=True)`` on this cache and tree): by
@@ -210,9 +213,10 @@ class LanguageModel(nn.Module):
 
     def _commit_per_row(self, tree_ids: torch.Tensor, cache: Cache, tree: TokenTree, nodes: torch.Tensor,
                         states: TreeStates | None) -> None:
-        """``commit_tree_path`` with one node per row: each distinct node is committed for the whole batch
-        into a copy of the cache entries (the mixers' ``commit_tree`` replace entries, they do not write
-        into them), and each row takes the entries of its own node's copy."""
+        """``commit_tree_path`` with one node per row. A mixer whose cache keeps its size: each distinct node
+        is committed for the whole batch into a copy of the cache entry (the mixers' ``commit_tree`` replace
+        entries, they do not write into them), and each row takes the entries of its own node's copy. A
+        mixer whose cache grows (attention): its ``commit_tree_rows`` grows each row by its own path."""
         batch = tree_ids.shape[0]
         if nodes.dtype in (torch.bool, torch.uint8) or nodes.is_floating_point() or nodes.is_complex() \
                 or tuple(nodes.shape) != (batch,):
@@ -225,31 +229,19 @@ class LanguageModel(nn.Module):
         if len(distinct) == 1:  # every row commits the same node: the plain commit
             self.commit_tree_path(tree_ids, cache, tree, distinct[0], states)
             return
-        if not self.fixed_size_cache:
-            raise ValueError("rows can commit different nodes only when no layer's cache grows with the tokens "
-                             "(an attention layer's KV cache does): commit one node for every row")
+        if not self.per_row_commit:
+            raise ValueError("rows can commit different nodes only when every layer allows it (a mixer whose cache "
+                             "grows with the tokens needs a commit_tree_rows method): commit one node for every row")
         if states is None:
             raise ValueError("one node per row needs the states kept by forward_tree(..., keep_states=True) "
                              "(a recomputing commit would run paths of different lengths)")
         self._check_tree_states(states, tree, cache)
         rows = nodes.to(tree_ids.device)
-        merged = [dict(entry) for entry in cache.layers]
-        for node in distinct:
-            if node == -1:  # those rows keep their entries
-                continue
-            accepted = accepted_path(tree, node)
-            take = rows == node
-            for layer, entry, kept, out in zip(self.layers, cache.layers, states.layers, merged):
-                copy = dict(entry)
-                layer.mixer.commit_tree(copy, kept, accepted)
-                for key, value in copy.items():
-                    old = out.get(key)
-                    if old is None:  # a first commit creates the entry (e.g. a conv window): zeros elsewhere
-                        old = torch.zeros_like(value)
-                    out[key] = torch.where(take.view(-1, *([1] * (value.ndim - 1))), value, old)
-        for entry, out in zip(cache.layers, merged):
-            entry.clear()
-            entry.update(out)
+        for layer, entry, kept in zip(self.layers, cache.layers, states.layers):
+            if getattr(layer.mixer, "fixed_size_cache", True):
+                _merge_row_commits(layer.mixer, entry, kept, tree, rows, distinct)
+            else:
+                layer.mixer.commit_tree_rows(entry, kept, tree, rows)
         depths = torch.where(rows >= 0, tree.depths.to(rows.device)[rows.clamp(min=0)] + 1, 0)
         cache.length += int(depths.max())  # the longest row's path
 
@@ -348,6 +340,27 @@ class LanguageModel(nn.Module):
         model.load_state_dict(state, strict=False)
         model.special_tokens = load_special_tokens(directory)
         return model.to(map_location, dtype)
+
+
+def _merge_row_commits(mixer: nn.Module, entry: dict[str, torch.Tensor], kept: dict, tree: TokenTree,
+                       rows: torch.Tensor, distinct: list[int]) -> None:
+    """Commit each of the ``distinct`` nodes into a copy of the fixed-size cache ``entry`` and give every row
+    (``rows`` [B], its node; -1 keeps its entries) the entries of its own node's copy, in place."""
+    merged = dict(entry)
+    for node in distinct:
+        if node == -1:  # those rows keep their entries
+            continue
+        accepted = accepted_path(tree, node)
+        take = rows == node
+        copy = dict(entry)
+        mixer.commit_tree(copy, kept, accepted)
+        for key, value in copy.items():
+            old = merged.get(key)
+            if old is None:  # a first commit creates the entry (e.g. a conv window): zeros elsewhere
+                old = torch.zeros_like(value)
+            merged[key] = torch.where(take.view(-1, *([1] * (value.ndim - 1))), value, old)
+    entry.clear()
+    entry.update(merged)
 
 
 def _tree_of(parents: torch.Tensor | TokenTree, tree_ids: torch.Tensor) -> TokenTree:

@@ -36,13 +36,13 @@ reports no ``q`` (prompt lookup) is treated as one-hot: accept with probability 
 
 **Batches.** One forward verifies every row's drafts; then the rows advance either
 **per row** -- drafts padded to the longest, the chain verified as a tree, each row committing its own
-accepted node by state selection (``commit_tree_path`` with one node per row) -- which needs caches that keep their size (no attention
-layer: ``LanguageModel.fixed_size_cache``), or in **lockstep** -- drafts cut to the shortest, every row
-advanced by the same ``a + 1`` tokens, ``a``
-the fewest drafts any unfinished row accepted, a row that accepted more keeping its first ``a + 1`` tokens
-(each accepted or corrected token has the target's distribution given the tokens before it, whatever is
-decided after it), so that attention's KV cache stays rectangular. Both are exact; per row is the default
-where it applies. Trees batch per row too (``tree_speculative_generate``).
+accepted node by state selection (``commit_tree_path`` with one node per row; ``LanguageModel.per_row_commit``:
+every built-in mixer, attention's KV cache growing by the longest path with the empty slots masked) -- or in
+**lockstep** -- drafts cut to the shortest, every row advanced by the same ``a + 1`` tokens, ``a`` the fewest
+drafts any unfinished row accepted, a row that accepted more keeping its first ``a + 1`` tokens (each accepted
+or corrected token has the target's distribution given the tokens before it, whatever is decided after it),
+which works with either rollback. Both are exact; per row is the default where it applies. Trees batch per
+row too (``tree_speculative_generate``).
 """
 
 from __future__ import annotations
@@ -288,10 +288,10 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
 
     Batches (B > 1) verify every row's drafts in one forward, and then advance either **per row** (each row
     by its own accepted drafts + 1: the chain verified as a tree, each row committing its own node by state
-    selection; for models whose caches keep their size, ``model.fixed_size_cache``: no attention layer) or
-    in **lockstep** (every row by the fewest drafts an unfinished row accepted + 1, a row that accepted
-    more emitting its accepted draft at that position: the caches stay rectangular for every mixer,
-    attention and hybrids included; the price is that a step goes as far as its least lucky row).
+    selection; ``model.per_row_commit``: every built-in mixer, attention and hybrids included) or in
+    **lockstep** (every row by the fewest drafts an unfinished row accepted + 1, a row that accepted more
+    emitting its accepted draft at that position: works with either rollback; the price is that a step
+    goes as far as its least lucky row).
 
     Args:
         model: the target ``LanguageModel``.
@@ -312,7 +312,7 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             node (``model.tree_pass_per_node``: the LSTM).
         attention_mask: [B, T] (1 = token, 0 = left padding) or None, as for ``generate``.
         batching: ``"per_row"``, ``"lockstep"`` or ``"auto"`` (default: per row where the model allows it
-            -- ``model.fixed_size_cache`` -- and the rollback is ``"select"``, else lockstep). Per row
+            -- ``model.per_row_commit`` -- and the rollback is ``"select"``, else lockstep). Per row
             needs ``rollback="select"`` (or ``"auto"``, which then selects).
 
     Returns:
@@ -358,16 +358,16 @@ def _modes(model: LanguageModel, rollback: str, batching: str) -> tuple[str, boo
     if batching not in BATCHINGS:
         raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
     if batching == "per_row":
-        if not model.fixed_size_cache:
-            raise ValueError("batching='per_row' needs a model whose layers' caches keep their size (no attention "
-                             "layer: its KV cache grows with every token); use batching='lockstep'")
+        if not model.per_row_commit:
+            raise ValueError("batching='per_row' needs a model whose layers all commit per row (a mixer whose cache "
+                             "grows with the tokens needs a commit_tree_rows method); use batching='lockstep'")
         if rollback == "replay":
             raise ValueError("batching='per_row' commits each row's node by state selection: it needs "
                              "rollback='select' (or 'auto'), not 'replay'")
         return "select", True
     if rollback == "auto":
         rollback = "replay" if model.tree_pass_per_node else "select"
-    return rollback, batching == "auto" and rollback == "select" and model.fixed_size_cache
+    return rollback, batching == "auto" and rollback == "select" and model.per_row_commit
 
 
 def _draft_rows(drafters: list[Drafter], sequences: list[torch.Tensor], most: dict[int, int],
@@ -449,7 +449,7 @@ def _lockstep_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, s
 def _per_row_steps(model: LanguageModel, cache: Cache, pending: torch.Tensor, sequences: list[torch.Tensor],
                    drafters: list[Drafter], sampling: SamplingConfig, num_draft_tokens: int,
                    generator: torch.Generator | None, on_token, stats: SpeculativeStats) -> torch.Tensor:
-    """The decode loop with each row advanced by its own accepted drafts + 1 (``fixed_size_cache`` models,
+    """The decode loop with each row advanced by its own accepted drafts + 1 (``per_row_commit`` models,
     commits by selection): one chain-shaped tree pass verifies every row's draft (padded to the longest),
     each row commits its own node. Returns the new tokens [B, n] after the prompts, ``pending`` included;
     rows that stopped at EOS are padded."""

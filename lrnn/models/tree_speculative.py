@@ -205,7 +205,7 @@ def tree_speculative_generate(model: LanguageModel, input_ids: torch.Tensor,
     ``commit="recompute"`` only). A step whose drafter proposed nothing runs an ordinary decode step of
     the pending token instead of a one-node tree pass (it commits itself).
 
-    **Batches** (B > 1; models whose caches keep their size, ``model.fixed_size_cache``: no attention layer)
+    **Batches** (B > 1; ``model.per_row_commit``: every built-in mixer, attention and hybrids included)
     advance per row: every row drafts its own tree, the trees are laid over one another (``union_tree``:
     the i-th child of a node in one row and in another share a node of the union), one tree pass verifies
     the union, each row walks its own tree (its nodes' logits) and commits its own accepted node by
@@ -432,10 +432,10 @@ def _check_arguments(model: LanguageModel, input_ids: torch.Tensor, attention_ma
     if commit not in COMMITS:
         raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
     batch = input_ids.shape[0]
-    if batch > 1 and not model.fixed_size_cache:
-        raise ValueError("tree speculative decoding of a batch needs a model whose layers' caches keep their size "
-                         "(no attention layer: each row commits its own path); decode one prompt at a time, or use "
-                         "speculative_generate (chains), which batches attention in lockstep")
+    if batch > 1 and not model.per_row_commit:
+        raise ValueError("tree speculative decoding of a batch needs a model whose layers all commit per row (a "
+                         "mixer whose cache grows with the tokens needs a commit_tree_rows method); decode one "
+                         "prompt at a time, or use speculative_generate (chains) with batching='lockstep'")
     if batch > 1 and commit != "select":
         raise ValueError("tree speculative decoding of a batch commits each row's node by selection: commit must "
                          f"be 'select', got {commit!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrnn.layers import Attention
 from lrnn.models import SamplingConfig, SpeculativeStats, TreeStates, speculative_generate
 from lrnn.models.tree_speculative import static_tree
 from lrnn.ops import token_tree, tree_leaves
@@ -205,11 +206,25 @@ def row_of(cache, row: int):
     return single
 
 
-@pytest.mark.parametrize("name,negative", [p for p in RANGES if "attention" not in p.id])
+def real_slots(cache):
+    """A one-row cache without the KV slots its ``valid`` mask marks empty (attention's holes), so that a row
+    of a batch whose rows committed paths of different lengths compares with the row alone."""
+    real = cache.clone()
+    for entry in real.layers:
+        if "valid" in entry:
+            keep = entry["valid"][0]
+            for key in ("k", "v", "valid"):
+                entry[key] = entry[key][:, keep]
+    return real
+
+
+@pytest.mark.parametrize("name,negative", RANGES)
 def test_one_node_per_row_commits_each_rows_own_path(name, negative):
     """A batch of 3 rows committing nodes (deep node, nothing, a leaf) of a random tree, and on a chain (as
     the per-row speculative loop does): each row's cache equals that row alone committing its node (the
-    select commit, itself checked against recomputation above), float64 to 1e-10; decoding on agrees."""
+    select commit, itself checked against recomputation above), float64 to 1e-10 -- for attention the row's
+    real KV slots (the batch grows every row by the longest path, a shorter path's slots marked empty) --
+    and decoding on agrees, twice (a second decode step reads the holes the first left)."""
     model = model_for(name, negative)
     for tree_name, pick in (("uniform", lambda tree: [int(tree.depths.argmax()), -1, int(tree_leaves(tree)[0])]),
                             ("chain", lambda tree: [4, 0, 2])):
@@ -220,29 +235,36 @@ def test_one_node_per_row_commits_each_rows_own_path(name, negative):
             batch = prefilled_rows(model)
             _, states = model.forward_tree(ids, batch, tree, keep_states=True)
             model.commit_tree_path(ids, batch, tree, torch.tensor(nodes), states=states)
+            alones = []
             for row, node in enumerate(nodes):
                 alone = row_of(prefilled_rows(model), row)
                 _, kept = model.forward_tree(ids[row:row + 1], alone, tree, keep_states=True)
                 model.commit_tree_path(ids[row:row + 1], alone, tree, node, states=kept)
-                mine = row_of(batch, row)
+                mine = real_slots(row_of(batch, row))
                 mine.length = alone.length  # the batch's length is its longest row's
-                assert cache_error(mine, alone) <= TOL[F64], f"{name} {tree_name} row {row} node {node}"
+                assert cache_error(mine, real_slots(alone)) <= TOL[F64], f"{name} {tree_name} row {row} node {node}"
+                alones.append(alone)
             assert batch.length == 9 + 1 + max(int(tree.depths[n]) for n in nodes if n >= 0)
-            token = random_ids(3, 1, seed=9)
-            rows = torch.cat([model(token[row:row + 1], cache=row_of(batch, row)) for row in range(3)])
-            assert rel_err(model(token, cache=batch), rows) <= TOL[F64], f"{name}: decoding on"
+            for seed in (9, 10):
+                token = random_ids(3, 2, seed=seed)
+                rows = torch.cat([model(token[row:row + 1], cache=alones[row]) for row in range(3)])
+                assert rel_err(model(token, cache=batch), rows) <= TOL[F64], f"{name}: decoding on"
 
 
-def test_one_node_per_row_is_refused_where_it_cannot_work():
-    """A model with attention (its KV cache grows: rows would differ in length) and a commit without the
-    kept states refuse different nodes per row; equal nodes are the plain commit."""
+def test_one_node_per_row_is_refused_where_it_cannot_work(monkeypatch):
+    """A model with a layer whose cache grows and that cannot commit per row (attention without its
+    ``commit_tree_rows``, as a user's mixer might be), and a commit without the kept states, refuse different
+    nodes per row; equal nodes are the plain commit."""
     tree = token_tree(torch.tensor(TREES["chain"]))
     ids = random_ids(2, tree.num_nodes, seed=5)
     hybrid = model_for("deltanet+attention_every_2")
-    cache = prefilled_rows(hybrid, rows=2)
+    assert hybrid.per_row_commit
     with torch.no_grad():
+        monkeypatch.delattr(Attention, "commit_tree_rows")
+        assert not hybrid.per_row_commit
+        cache = prefilled_rows(hybrid, rows=2)
         _, states = hybrid.forward_tree(ids, cache, tree, keep_states=True)
-        with pytest.raises(ValueError, match="no layer's cache grows with the tokens"):
+        with pytest.raises(ValueError, match="needs a commit_tree_rows method"):
             hybrid.commit_tree_path(ids, cache, tree, torch.tensor([1, 2]), states=states)
         hybrid.commit_tree_path(ids, cache, tree, torch.tensor([2, 2]), states=states)  # the same node: fine
         assert cache.length == 9 + 3
@@ -255,4 +277,4 @@ def test_one_node_per_row_is_refused_where_it_cannot_work():
             model.commit_tree_path(ids, cache, tree, torch.tensor([1, 5]), states=states)
         with pytest.raises(ValueError, match=r"one node per row\), got a torch.int64 tensor of shape \(3,\)"):
             model.commit_tree_path(ids, cache, tree, torch.tensor([1, 2, 3]), states=states)
-    assert not hybrid.fixed_size_cache and model.fixed_size_cache
+    assert model.per_row_commit

@@ -4,7 +4,7 @@
   row run alone, token for token (48 new tokens), for every registered mixer and a hybrid, with per-row
   drafts that are sometimes right (rows accept different numbers of drafts), in lockstep (every row
   advances by the fewest drafts an unfinished row accepted, plus one; both rollbacks) and per row (each
-  row by its own; every mixer without a growing cache), with prompt lookup (drafts of different lengths
+  row by its own; attention too, its KV cache growing per row with masked holes), with prompt lookup (drafts of different lengths
   per row) and with EOS ending rows at different steps.
 * Sampling: the 2nd and 3rd new tokens of every row follow the target's exact marginals (chi-square), with
   rows drafted by different drafters (a draft model, uniform one-hot drafts).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrnn.layers import Attention
 from lrnn.models import (ModelDrafter, PromptLookupDrafter, SamplingConfig, SpeculativeStats, generate,
                          speculative_generate)
 from model_testkit import ALL_MIXERS, build_model, random_ids, single_threaded, tiny_config
@@ -76,8 +77,6 @@ def test_batch_greedy_equals_greedy_autoregressive(target, batching, rollback):
     probability 0.6): the output equals batched ``generate``'s and each row alone's; the steps include
     full, partial and no acceptance."""
     name, model = target
-    if batching == "per_row" and not model.fixed_size_cache:
-        pytest.skip("attention's KV cache grows: rows advance in lockstep (refusal tested below)")
     prompts = batch_prompts()
     ids, mask = left_padded(prompts)
     expected = greedy_batch(model, ids, mask)
@@ -196,7 +195,7 @@ def test_batch_sampling_keeps_the_targets_distribution(small_pair, batching):
     assert chi_square_p(third, p_third) > P_VALUE
 
 
-def test_batch_bad_arguments_are_named():
+def test_batch_bad_arguments_are_named(monkeypatch):
     model = build_model(tiny_config("mamba2"))
     ids = random_ids(2, 4)
     lookup = PromptLookupDrafter()
@@ -222,5 +221,6 @@ def test_batch_bad_arguments_are_named():
         speculative_generate(model, ids, lookup, batching="rows")
     with pytest.raises(ValueError, match="batching='per_row' commits each row's node by state selection"):
         speculative_generate(model, ids, lookup, batching="per_row", rollback="replay")
-    with pytest.raises(ValueError, match="batching='per_row' needs a model whose layers' caches keep their size"):
+    monkeypatch.delattr(Attention, "commit_tree_rows")  # a growing cache without a per-row commit
+    with pytest.raises(ValueError, match="batching='per_row' needs a model whose layers all commit per row"):
         speculative_generate(build_model(tiny_config(**HYBRID)), ids, lookup, batching="per_row")

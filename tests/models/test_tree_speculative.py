@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrnn.layers import Attention
 from lrnn.models import SamplingConfig, SpeculativeStats, generate
 from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDrafter, TreeDraft, greedy_walk,
                                           static_tree, tree_speculative_generate)
@@ -248,7 +249,7 @@ def test_static_tree():
     assert static_tree((1, 1)).tolist() == [-1, 0]
 
 
-def test_bad_arguments():
+def test_bad_arguments(monkeypatch):
     model, prompt = model_for("mamba2"), random_ids(1, 4)
     drafter = PromptLookupTreeDrafter()
     with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
@@ -258,8 +259,10 @@ def test_bad_arguments():
             tree_speculative_generate(model, prompt, drafter, branching)
     with pytest.raises(ValueError, match=r"input_ids must be integer token ids \[B, T\]"):
         tree_speculative_generate(model, random_ids(1, 0), drafter)
-    with pytest.raises(ValueError, match="a batch needs a model whose layers' caches keep their size"):
+    monkeypatch.delattr(Attention, "commit_tree_rows")  # a growing cache without a per-row commit
+    with pytest.raises(ValueError, match="a batch needs a model whose layers all commit per row"):
         tree_speculative_generate(model_for("deltanet+attention_every_2"), random_ids(2, 4), drafter)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="a batch commits each row's node by selection"):
         tree_speculative_generate(model, random_ids(2, 4), drafter, commit="recompute")
     with pytest.raises(ValueError, match="commit must be one of"):

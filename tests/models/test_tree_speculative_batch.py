@@ -2,11 +2,12 @@
 
 * ``union_tree`` lays trees of different shapes over one another (each node at its child positions).
 * Greedy: every row of a left-padded batch equals ``generate``'s greedy output, token for token (48 new
-  tokens), for every mixer without attention, with per-row oracle trees that are sometimes right, of one
+  tokens), for every mixer and a hybrid with attention (its KV cache grows per row with masked holes), with
+  per-row oracle trees that are sometimes right, of one
   shape and of a different shape per row (the union then has nodes some rows lack), with prompt lookup
   (tries of different shapes) and with EOS ending rows at different steps.
 * Sampling: the 2nd and 3rd new tokens of every row follow the target's exact marginals (chi-square).
-* Attention (a growing KV cache) and the recomputing commit are refused at batch > 1.
+* The recomputing commit is refused at batch > 1.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from test_tree_speculative_sampling import TREE_SAMPLING, RandomTreeDrafter, ass
 
 pytestmark = pytest.mark.usefixtures(single_threaded.__name__)
 
-FIXED_SIZE = [name for name in MODELS if model_for(name).fixed_size_cache]
 BRANCHING = (3, 2, 1)
 
 
@@ -59,7 +59,7 @@ def test_union_tree_lays_trees_over_one_another():
 
 
 @pytest.mark.parametrize("shapes", [[BRANCHING] * 3, [(1, 1, 1), (3, 1), (2, 2, 1)]], ids=["same", "different"])
-@pytest.mark.parametrize("name", FIXED_SIZE)
+@pytest.mark.parametrize("name", list(MODELS))
 @torch.no_grad()
 def test_batch_tree_greedy_equals_greedy_autoregressive(name, shapes):
     """A left-padded batch of 3 prompts (lengths 8, 5, 7), oracle trees per row: the output equals
