@@ -19,7 +19,7 @@ from torch import nn
 from lrnn.layers.common import AcceptedPath, TreeKeep, document_starts, scan_mode
 from lrnn.layers.registry import MixerSpec, Variant, register
 from lrnn.validation import check_flag, check_number, check_positive
-from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues, tree_s4d_scan, tree_s4d_state
+from lrnn.ops import S4D_INITS, TokenTree, check_state_size, s4d_eigenvalues, tree_s4d_scan
 from lrnn.ops import S4D_DISCRETIZATIONS as DISCRETIZATIONS, s4d_discretize, s4d_kernel, s4d_scan
 
 State = dict[str, torch.Tensor]
@@ -128,19 +128,18 @@ class S4D(nn.Module):
                              "bidirectional=False)")
         A, B, C, dt = self.ssm_parameters()
         initial = self._cached_state(state)
-        y, _ = tree_s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, parents=tree, initial_state=initial)
+        y, states = tree_s4d_scan(hidden, A, B, C, dt, self.D, self.discretization, parents=tree,
+                                  initial_state=initial, state_node=None if keep is None else "any")
         if keep is not None:
-            keep["ssm_inputs"] = (hidden, initial)
+            keep["ssm"] = states
         y = self.dropout(F.gelu(y))
         return F.glu(self.output_linear(y), dim=-1)
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
-        """Advance the cache entry by the accepted path: the SSM state after its node, from the inputs the
-        last ``forward_tree(..., keep)`` kept (``tree_s4d_state``: one contraction over the path)."""
-        hidden, initial = kept["ssm_inputs"]
-        A, B, _, dt = self.ssm_parameters()
-        final = tree_s4d_state(hidden, A, B, dt, self.discretization, parents=accepted.tree, node=accepted.node,
-                               initial_state=initial)
+        """Advance the cache entry by the accepted path: the SSM state after its node, from what the last
+        ``forward_tree(..., keep)`` computed (``S4DTreeStates.state_after``: the path's inputs by lag
+        contracted with the powers of Abar the pass took; no discretisation or exponential again)."""
+        final = kept["ssm"].state_after(accepted.node)
         state["ssm"] = torch.view_as_real(final)
 
     @staticmethod

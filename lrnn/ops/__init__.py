@@ -19,11 +19,11 @@ from lrnn.ops.tree_attention import tree_attention
 from lrnn.ops.tree_conv import tree_conv_state, tree_short_conv
 from lrnn.ops.tree_decay import tree_decay_recurrence, tree_decay_state
 from lrnn.ops.tree_delta import tree_delta_rule, tree_delta_state
-from lrnn.ops.tree_s4d import tree_s4d_scan, tree_s4d_state
+from lrnn.ops.tree_s4d import S4DTreeStates, tree_s4d_scan, tree_s4d_state
 
 __all__ = ["cache_blocks", "check_seq_starts", "compute_dtype", "decay_recurrence", "decay_step", "expand_groups", "delta_chunk_size", "delta_rule", "delta_step",
            "short_conv", "decay_from_values", "negative_range", "reset_at_starts", "selective_scan", "S4D_INITS", "check_state_size", "ptd_legs",
            "s4d_eigenvalues", "S4D_DISCRETIZATIONS", "s4d_discretize", "s4d_kernel", "s4d_scan",
            "TokenTree", "TreeNodeStates", "token_tree", "tree_leaves", "tree_path", "tree_positions", "tree_attention",
            "tree_conv_state", "tree_short_conv", "tree_decay_recurrence", "tree_decay_state", "tree_delta_rule",
-           "tree_delta_state", "tree_s4d_scan", "tree_s4d_state"]
+           "tree_delta_state", "S4DTreeStates", "tree_s4d_scan", "tree_s4d_state"]

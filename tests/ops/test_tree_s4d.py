@@ -117,6 +117,36 @@ def test_state_on_demand(with_state):
     assert tree_s4d_scan(**args, parents=parents)[1] is None
 
 
+@DISCS
+@STATE
+def test_state_after_any_node(disc, with_state):
+    """``state_node="any"``: ``S4DTreeStates.state_after(m)`` == the sequential state after m for every node,
+    the root and a node per sequence, float64 to 1e-10, and its gradients (u, A, B, dt, the committed
+    state) equal those of ``state_node=m``; the outputs are the plain pass's."""
+    parents = random_parents("random", 13, seed=6)
+    args = s4d_args(13, seed=6, state=with_state)
+    y, states = tree_s4d_scan(**args, discretization=disc, parents=parents, state_node="any")
+    assert_close(y, tree_s4d_scan(**args, discretization=disc, parents=parents)[0], 0.0, "outputs")
+    for node in [-1, *range(13)]:
+        want = node_reference(args, parents, torch.full((3,), node), disc)[1]
+        assert_close(states.state_after(node), want, 1e-10, f"node {node}")
+    nodes = torch.tensor([12, -1, 4])
+    assert_close(states.state_after(nodes), node_reference(args, parents, nodes, disc)[1], 1e-10, "per sequence")
+    grad_args = {name: x.detach().clone().requires_grad_(True) if isinstance(x, torch.Tensor) else x
+                 for name, x in args.items()}
+    leaves = [name for name in ("u", "A", "B", "dt", "initial_state") if grad_args[name] is not None]
+    weight = torch.randn(3, 5, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for request in ("any", nodes):
+        _, state = tree_s4d_scan(**grad_args, discretization=disc, parents=parents, state_node=request)
+        state = state.state_after(nodes) if request == "any" else state
+        grads.append(torch.autograd.grad((state * weight).real.sum(), [grad_args[name] for name in leaves]))
+    for name, a, b in zip(leaves, *grads):
+        assert_close(a, b, 1e-12, f"gradient of {name}")
+    with pytest.raises(ValueError, match='state_node must be an int, a LongTensor'):
+        tree_s4d_scan(**args, parents=parents, state_node="all")
+
+
 def test_chain_is_the_sequence_op():
     """A chain tree is the sequence: its outputs equal ``s4d_scan``'s FFT path."""
     args = s4d_args(21, seed=5)
