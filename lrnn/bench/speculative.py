@@ -183,10 +183,12 @@ def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: s
 def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Sequence[tuple[int, ...]],
                   ngram: int, chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
                   tree_commits: Sequence[str] = (DEFAULT_COMMIT,), batch: int = 1,
-                  chain_batchings: Sequence[str] = (DEFAULT_BATCHING,)) -> list[Method]:
+                  chain_batchings: Sequence[str] = (DEFAULT_BATCHING,),
+                  tree_nodes: Sequence[int] = ()) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
     prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
-    ``tree_commits`` (a name shows the mode when it is not the default; chains also once per
+    ``tree_commits``, and the draft model's dynamic trees of at most N nodes for each N of ``tree_nodes``
+    within each branching (a name shows the mode when it is not the default; chains also once per
     ``chain_batchings`` mode, at ``batch`` > 1). Each call gets a fresh drafter (a
     draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
     row."""
@@ -211,6 +213,10 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
             for commit in tree_commits:
                 name = f"tree {shape}" + ("" if commit == DEFAULT_COMMIT else f", {commit}")
                 methods.append(Method(name, label, True, partial(_tree, tree_drafter, branching, commit)))
+        for nodes in tree_nodes if draft else ():
+            methods.append(Method(f"tree {shape}, <= {nodes} nodes", "draft model", True,
+                                  partial(_tree, per_row(partial(ModelTreeDrafter, draft, nodes)), branching,
+                                          DEFAULT_COMMIT)))
     return methods
 
 
@@ -360,6 +366,7 @@ class Settings:
     chain_rollbacks: tuple[str, ...] = (DEFAULT_ROLLBACK,)
     chain_batchings: tuple[str, ...] = (DEFAULT_BATCHING,)
     tree_commits: tuple[str, ...] = (DEFAULT_COMMIT,)
+    tree_nodes: tuple[int, ...] = ()
 
 
 def _describe(model: LanguageModel) -> str:
@@ -379,7 +386,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
         machine = machine_info(torch.device("cpu"))
         draft = LanguageModel.from_pretrained(s.draft).eval() if s.draft else None
         methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits,
-                                s.batch, s.chain_batchings)
+                                s.batch, s.chain_batchings, s.tree_nodes)
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
@@ -539,6 +546,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how trees commit the accepted path, each timed as a method: select (from the states "
                              "the verification kept) or recompute (one more forward over the path) "
                              f"(default {DEFAULT_COMMIT})")
+    parser.add_argument("--tree-nodes", type=int, nargs="+", default=None, metavar="N",
+                        help="with --draft: also time the draft model's dynamic trees of at most N nodes (its N most "
+                             "likely paths within each --branching, a beam of N per level), once per N")
     parser.add_argument("--ngram", type=int, default=3, help="longest n-gram prompt lookup matches (default 3)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds over all prompts and methods; rows report the median (default 3)")
@@ -601,6 +611,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if "per_row" in batchings and "replay" in args.chain_rollback:
         raise ValueError("--chain-batching per_row commits each row by state selection: it cannot be timed with "
                          "--chain-rollback replay")
+    if args.tree_nodes and not args.draft:
+        raise ValueError("--tree-nodes: dynamic trees are the draft model's (give --draft)")
+    for nodes in args.tree_nodes or ():
+        check_int("--tree-nodes", nodes, 1)
     if not 0 < args.val_fraction <= 0.5:
         raise ValueError(f"--val-fraction must lie in (0, 0.5], got {args.val_fraction}")
     dirs = [("--target", d) for d in args.target] + ([("--draft", args.draft)] if args.draft else [])
@@ -625,7 +639,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     branchings=list(args.branching or ([] if args.batch > 1 else DEFAULT_BRANCHINGS)),
                     ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,
                     chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)), chain_batchings=batchings,
-                    tree_commits=tuple(dict.fromkeys(args.tree_commit)))
+                    tree_commits=tuple(dict.fromkeys(args.tree_commit)),
+                    tree_nodes=tuple(dict.fromkeys(args.tree_nodes or ())))
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:

@@ -534,6 +534,10 @@ def _add_generate(sub) -> None:
                       help="verify a draft tree instead of a chain: B_d children per node at depth d (e.g. 2,2,1: "
                            "the draft model's top-k, or the continuations of several lookup matches); greedy or "
                            "sampled")
+    spec.add_argument("--tree-nodes", type=_positive_int, default=None, metavar="N",
+                      help="with --speculative draft --tree: a dynamic tree of at most N nodes shaped by the draft "
+                           "model's confidence (its N most likely paths within --tree's branching, a beam of N per "
+                           "level) instead of the full static tree")
 
 
 def _speculative_decode(args: argparse.Namespace, model, dtype):
@@ -547,7 +551,8 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
     from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDrafter, check_tree_drafter,
                                               tree_speculative_generate)
 
-    unused = {"lookup": ("draft_model",), "draft": ("ngram",), None: ("draft_model", "draft_tokens", "ngram", "tree")}
+    unused = {"lookup": ("draft_model", "tree_nodes"), "draft": ("ngram",),
+              None: ("draft_model", "draft_tokens", "ngram", "tree", "tree_nodes")}
     given = ["--" + name.replace("_", "-") for name in unused[args.speculative] if getattr(args, name) is not None]
     if given:
         context = "without --speculative" if args.speculative is None else f"with --speculative {args.speculative}"
@@ -559,8 +564,11 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
     tree = args.tree is not None  # a draft tree, else a chain
     if tree and args.draft_tokens is not None:
         raise CommandError("--draft-tokens cannot be used with --tree (the tree's branching sets its size)")
+    if not tree and args.tree_nodes is not None:
+        raise CommandError("--tree-nodes needs --tree (the branching within which the dynamic tree grows)")
     if args.speculative == "draft":
-        drafter = (ModelTreeDrafter if tree else ModelDrafter)(load_model(args.draft_model, None, dtype))
+        draft_model = load_model(args.draft_model, None, dtype)
+        drafter = ModelTreeDrafter(draft_model, args.tree_nodes) if tree else ModelDrafter(draft_model)
         (check_tree_drafter if tree else check_drafter)(drafter, model)
     else:
         lookup = PromptLookupTreeDrafter if tree else PromptLookupDrafter

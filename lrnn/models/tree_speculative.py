@@ -102,18 +102,27 @@ def check_branching(branching: object) -> tuple[int, ...]:
 
 # ---- drafters ------------------------------------------------------------------------------------
 class ModelTreeDrafter:
-    """A static tree filled by a small ``LanguageModel`` (the target's vocabulary): each node's children are
-    the draft model's top-``branching[d]`` next tokens after the node's path.
+    """A tree filled by a small ``LanguageModel`` (the target's vocabulary): each node's children are the draft
+    model's top-``branching[d]`` next tokens after the node's path.
+
+    ``max_nodes=None``: the full static tree (``static_tree(branching)``). ``max_nodes=N``: a **dynamic** tree
+    of at most N nodes shaped by the draft model's confidence (as EAGLE-2 does): every node is scored by the
+    draft model's log-probability of its whole path; each level keeps the N best-scored children of the
+    previous level's kept nodes (a beam), and the tree is the N best-scored nodes of all levels -- a
+    connected tree, since a node never scores above its parent. Confident paths grow deep, uncertain
+    positions get siblings, and the verification pass stays at N + 1 tokens whatever ``branching`` allows.
 
     The tree grows one level per draft-model ``forward_tree`` (the levels so far, from the draft model's
     cache), so drafting costs ``len(branching)`` tree passes. The cache covers the committed sequence but
     its last token (the root of the drafting tree) and only grows with committed tokens: ``forward_tree``
-    does not change it, so nothing is rolled back.
+    does not change it, so nothing is rolled back. The tree is a deterministic function of the committed
+    sequence (fixed before the verifier draws), which is what keeps tree sampling exact.
     """
 
-    def __init__(self, model: LanguageModel) -> None:
+    def __init__(self, model: LanguageModel, max_nodes: int | None = None) -> None:
         check_language_model("model", model)
         self.model = model
+        self.max_nodes = None if max_nodes is None else check_int("max_nodes", max_nodes, 1)
         self.forwards = 0  # catch-up forwards and tree passes of the draft model
         self._cache: Cache | None = None
         self._consumed: torch.Tensor | None = None  # the tokens the cache has consumed
@@ -125,20 +134,38 @@ class ModelTreeDrafter:
     def propose_tree(self, sequence: torch.Tensor, branching: tuple[int, ...]) -> TreeDraft:
         self._catch_up(sequence[:-1])
         tokens, parents, frontier = [int(sequence[-1])], [-1], [0]  # node 0: the last committed token
+        scores = [0.0]  # each node's path log-probability under the draft model
         for width in branching:
             logits = self.model.forward_tree(torch.tensor([tokens], device=sequence.device), self._cache,
                                              torch.tensor(parents, device=sequence.device))[0]
             self.forwards += 1
-            next_frontier = []
+            candidates = []  # (path score, parent, token), in the static tree's order
             for node in frontier:
-                for token in logits[node].topk(min(width, self.vocab_size)).indices.tolist():
-                    next_frontier.append(len(tokens))
-                    tokens.append(token)
-                    parents.append(node)
-            frontier = next_frontier
-        # Drop node 0: the drafts' parents count from the first draft (node 0's children get -1).
-        return TreeDraft(torch.tensor(tokens[1:], dtype=torch.long, device=sequence.device),
-                         torch.tensor(parents[1:], dtype=torch.long, device=sequence.device) - 1)
+                top = torch.log_softmax(logits[node].float(), dim=-1).topk(min(width, self.vocab_size))
+                candidates += [(scores[node] + value, node, token)
+                               for value, token in zip(top.values.tolist(), top.indices.tolist())]
+            if self.max_nodes is not None:  # the beam: the best max_nodes children (stable: ties keep order)
+                candidates = sorted(candidates, key=lambda c: -c[0])[:self.max_nodes]
+            frontier = []
+            for score, parent, token in candidates:
+                frontier.append(len(tokens))
+                tokens.append(token)
+                parents.append(parent)
+                scores.append(score)
+        return self._best_nodes(tokens[1:], [p - 1 for p in parents[1:]], scores[1:], sequence.device)
+
+    def _best_nodes(self, tokens: list[int], parents: list[int], scores: list[float],
+                    device: torch.device) -> TreeDraft:
+        """The drafts (parents counted from the first draft, -1: a root child) cut to the ``max_nodes``
+        best-scored nodes, in their original (topological) order. Ties go to the earlier node, so a
+        parent (earlier, never scored below its child) is kept whenever its child is."""
+        if self.max_nodes is not None and len(tokens) > self.max_nodes:
+            kept = sorted(sorted(range(len(tokens)), key=lambda m: -scores[m])[:self.max_nodes])
+            index = {old: new for new, old in enumerate(kept)}
+            tokens = [tokens[m] for m in kept]
+            parents = [-1 if parents[m] < 0 else index[parents[m]] for m in kept]
+        return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=device),
+                         torch.tensor(parents, dtype=torch.long, device=device))
 
     def _catch_up(self, committed: torch.Tensor) -> None:
         """Advance the cache to ``committed`` [L]: from the consumed tokens if they are its prefix, else

@@ -160,6 +160,9 @@ def test_without_a_draft_model_only_prompt_lookup_drafts(models, corpus, tmp_pat
     report = json.loads(out.read_text())
     assert report["draft"] is None
     assert report["methods"] == ["autoregressive", "chain k=4 / prompt lookup", "tree 2,1 / prompt lookup"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*argv, "--tree-nodes", 3)  # dynamic trees are the draft model's
+    assert exit_info.value.code == 2
 
 
 @pytest.fixture
@@ -192,6 +195,7 @@ def other_models(tmp_path, tokenizer_dir, corpus):
     (lambda m, o: ["--threads", 0], "--threads must be >= 1, got 0"),
     (lambda m, o: ["--val-fraction", 0.75], "--val-fraction must lie in (0, 0.5], got 0.75"),
     (lambda m, o: ["--branching", "2,0"], "expected positive integers separated by commas"),
+    (lambda m, o: ["--tree-nodes", 0], "--tree-nodes must be >= 1, got 0"),
 ])
 def test_bad_input_is_a_usage_error(models, corpus, other_models, change, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -236,6 +240,20 @@ def test_both_cache_modes_are_timed_as_methods_and_checked(models, corpus, tmp_p
                 for name, row in rows.items()}
     assert round(forwards["tree 2,1 / prompt lookup"]) == len(report["prompts"]) + steps  # prefill + verifications
     assert forwards["tree 2,1, recompute / prompt lookup"] > forwards["tree 2,1 / prompt lookup"]
+
+
+def test_dynamic_trees_are_timed_per_node_budget(models, corpus, tmp_path):
+    """``--tree-nodes 2 3``: the draft model's dynamic trees within each branching, one method per budget,
+    checked like the others; a step drafts at most that many nodes."""
+    out = tmp_path / "spec.json"
+    assert cli(*small_run(models, corpus, "--json", out), "--repeats", 1, "--tree-nodes", 2, 3) == 0
+    report = json.loads(out.read_text())
+    assert report["methods"] == ["autoregressive", "chain k=4 / draft model", "chain k=4 / prompt lookup",
+                                 "tree 2,1 / draft model", "tree 2,1 / prompt lookup",
+                                 "tree 2,1, <= 2 nodes / draft model", "tree 2,1, <= 3 nodes / draft model"]
+    assert report["mismatches"] == []
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["tree 2,1, <= 2 nodes / draft model"]["steps"] >= 4
 
 
 def without_trees(argv) -> list:

@@ -219,10 +219,56 @@ def test_greedy_with_a_draft_model_and_with_prompt_lookup(name):
     prompt = random_ids(1, 6, seed=2).repeat(1, 3)  # repeats: lookup finds matches
     expected = greedy_reference(model, prompt)
     for drafter, branching in ((ModelTreeDrafter(draft), (2, 2, 1)), (ModelTreeDrafter(model), (2, 1, 1, 1)),
+                               (ModelTreeDrafter(draft, max_nodes=5), (3, 3, 3, 3)),
                                (PromptLookupTreeDrafter(max_ngram=2), (3, 2, 2))):
         out, stats = run_tree(model, prompt, drafter, branching)
         assert torch.equal(out, expected), type(drafter).__name__
     assert stats.steps < NEW_TOKENS - 1  # lookup drafts were accepted
+
+
+def path_log_probs(model, sequence: torch.Tensor, tree: TreeDraft) -> list[float]:
+    """Each draft node's path log-probability under ``model`` after ``sequence``, from plain forwards."""
+    scores = []
+    for node in range(len(tree.tokens)):
+        path = tree_path(tree.parents, node)
+        logits = model(torch.cat([sequence, tree.tokens[path]])[None])[0, len(sequence) - 1:-1]
+        picked = torch.log_softmax(logits.double(), -1).gather(1, tree.tokens[path][:, None])
+        scores.append(float(picked.sum()))
+    return scores
+
+
+def node_paths(tree: TreeDraft) -> set[tuple[int, ...]]:
+    """The token paths of a tree's nodes (a tree as a set, whatever its node order)."""
+    return {tuple(tree.tokens[tree_path(tree.parents, node)].tolist()) for node in range(len(tree.tokens))}
+
+
+@torch.no_grad()
+def test_dynamic_draft_tree_keeps_the_most_likely_paths():
+    """``ModelTreeDrafter(max_nodes=N)`` without beam pruning (N at least every level's size): its tree is the
+    N nodes of the static tree whose paths the draft model finds most likely (checked against plain
+    forwards), within ``branching``; with pruning, the N best of the nodes a beam of N per level reaches;
+    without ``max_nodes`` the static tree, unchanged."""
+    draft, sequence = model_for("gated_deltanet", seed=4), random_ids(1, 9, seed=3)[0]
+    full = ModelTreeDrafter(draft).propose_tree(sequence, (2, 2, 1))
+    assert full.parents.tolist() == static_tree((2, 2, 1)).tolist()
+    scores = path_log_probs(draft, sequence, full)
+    best = sorted(range(len(scores)), key=lambda m: -scores[m])[:6]
+    dynamic = ModelTreeDrafter(draft, max_nodes=6).propose_tree(sequence, (2, 2, 1))
+    assert len(dynamic.tokens) == 6
+    assert node_paths(dynamic) == {tuple(full.tokens[tree_path(full.parents, m)].tolist()) for m in best}
+    # With pruning: a beam of 4 per level over the static (3, 3, 3) tree's nodes, scored by plain forwards.
+    full = ModelTreeDrafter(draft).propose_tree(sequence, (3, 3, 3))
+    scores, depths = path_log_probs(draft, sequence, full), token_tree(full.parents).depths.tolist()
+    beam, kept = [-1], []
+    for depth in range(3):
+        level = [m for m in range(len(scores)) if depths[m] == depth and int(full.parents[m]) in beam]
+        beam = sorted(level, key=lambda m: -scores[m])[:4]
+        kept += beam
+    best = sorted(kept, key=lambda m: -scores[m])[:4]
+    pruned = ModelTreeDrafter(draft, max_nodes=4).propose_tree(sequence, (3, 3, 3))
+    assert node_paths(pruned) == {tuple(full.tokens[tree_path(full.parents, m)].tolist()) for m in best}
+    with pytest.raises(ValueError, match="max_nodes"):
+        ModelTreeDrafter(draft, max_nodes=0)
 
 
 def test_draft_model_as_target_accepts_every_level():

@@ -141,21 +141,23 @@ def sample_second_and_third(model, prompt, drafter_factory, branching, runs: int
     return torch.stack(outs).unbind(1)
 
 
-@pytest.mark.parametrize("drafter", ["model top-k (2, 2)", "random (3, 2)"])
+@pytest.mark.parametrize("drafter", ["model top-k (2, 2)", "model dynamic (3, 3), 4 nodes", "random (3, 2)"])
 @torch.no_grad()
 def test_tree_speculative_sampling_keeps_the_targets_distribution(small_pair, drafter):
     """Temperature, top_k and top_p: the 2nd and 3rd new tokens of 1000 runs follow the target's exact
     marginals, with a draft model's top-k trees and with random trees (3 root children of 8 tokens)."""
     target, draft = small_pair
     prompt = random_ids(1, 5, seed=21, vocab=SMALL_VOCAB)
-    if drafter.startswith("model"):
-        branching, factory = (2, 2), lambda seed: ModelTreeDrafter(draft)
+    if drafter.startswith("model top-k"):
+        branching, factory, nodes = (2, 2), lambda seed: ModelTreeDrafter(draft), 6  # a full 2-level tree
+    elif drafter.startswith("model dynamic"):
+        branching, factory, nodes = (3, 3), lambda seed: ModelTreeDrafter(draft, max_nodes=4), 4
     else:
-        branching, factory = (3, 2), lambda seed: RandomTreeDrafter(SMALL_VOCAB, seed)
+        branching, factory, nodes = (3, 2), lambda seed: RandomTreeDrafter(SMALL_VOCAB, seed), 9
     stats = SpeculativeStats()
     tree_speculative_generate(target, prompt, factory(0), branching, TREE_SAMPLING, stats=stats,
                               generator=torch.Generator().manual_seed(1))
-    assert stats.proposed[0] == sum(torch.tensor(branching).cumprod(0).tolist())  # a full 2-level tree
+    assert stats.proposed[0] == nodes
     emitted = sample_second_and_third(target, prompt, factory, branching, runs=1000)
     for position, tokens, marginal in zip(("2nd", "3rd"), emitted, exact_marginals(target, prompt, E2E_SAMPLING)):
         assert_follows(tokens, marginal, f"{drafter}: the {position} new token")
