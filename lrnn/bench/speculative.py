@@ -68,8 +68,8 @@ from lrnn.bench.ops import machine_info
 from lrnn.data import (DEFAULT_CORPUS, TextTokenizer, corpus_files, default_corpus_files, is_validation_document,
                        iter_documents)
 from lrnn.models import (LanguageModel, ModelConfig, ModelDrafter, ModelTreeDrafter, PromptLookupDrafter,
-                         PromptLookupTreeDrafter, SamplingConfig, SpeculativeStats, generate, speculative_generate,
-                         tree_speculative_generate)
+                         PromptLookupTreeDrafter, SamplingConfig, SpeculativeStats, compile_for_decoding, generate,
+                         speculative_generate, tree_speculative_generate)
 from lrnn.models.io import CONFIG_NAME, read_json
 from lrnn.models.speculative import BATCHINGS, ROLLBACKS
 from lrnn.models.tree_speculative import COMMITS, check_branching
@@ -250,8 +250,8 @@ def _log(message: str) -> None:
 
 
 def bench_target(target: LanguageModel, methods: Sequence[Method], prompts: Sequence[Prompt], new_tokens: int,
-                 repeats: int, log: Callable[[str], None] = _log,
-                 batch: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                 repeats: int, log: Callable[[str], None] = _log, batch: int = 1,
+                 warm_up_every_prompt: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time every method on ``target`` (``methods[0]`` must be autoregressive: the reference), the prompts
     decoded in batches of ``batch`` (prompts of one length: no padding); returns the report rows (one per
     method) and the mismatches (every call whose output differs from the reference: method, round -- None
@@ -280,8 +280,9 @@ def bench_target(target: LanguageModel, methods: Sequence[Method], prompts: Sequ
             mismatches.append(_mismatch(method, round_, p, position, output, references[p], inputs[p].shape[1]))
         return _Call(round_, p, seconds, stats)
 
-    for method in methods:  # warm-up (checked too)
-        call(method, 0, None)
+    for method in methods:  # warm-up (checked too): one prompt, or all (a compiled model meets new shapes)
+        for p in range(len(inputs) if warm_up_every_prompt else 1):
+            call(method, p, None)
     calls: dict[str, list[_Call]] = {_key(m): [] for m in methods}
     for r in range(repeats):
         order = list(methods[r % len(methods):]) + list(methods[:r % len(methods)])
@@ -367,6 +368,7 @@ class Settings:
     chain_batchings: tuple[str, ...] = (DEFAULT_BATCHING,)
     tree_commits: tuple[str, ...] = (DEFAULT_COMMIT,)
     tree_nodes: tuple[int, ...] = ()
+    compile: bool = False
 
 
 def _describe(model: LanguageModel) -> str:
@@ -385,11 +387,15 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
     try:
         machine = machine_info(torch.device("cpu"))
         draft = LanguageModel.from_pretrained(s.draft).eval() if s.draft else None
+        if draft is not None and s.compile:
+            compile_for_decoding(draft)
         methods = build_methods(draft, s.draft_tokens, s.branchings, s.ngram, s.chain_rollbacks, s.tree_commits,
                                 s.batch, s.chain_batchings, s.tree_nodes)
         targets, rows, mismatches = [], [], []
         for directory in s.targets:
             target = LanguageModel.from_pretrained(directory).eval()
+            if s.compile:
+                compile_for_decoding(target)
             if s.batch > 1 and s.branchings and not target.per_row_commit:
                 raise ValueError(f"--target {directory} has a layer that cannot commit per row: its trees run at "
                                  f"batch 1 (drop --branching at --batch {s.batch})")
@@ -397,7 +403,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
             log(f"{directory} ({targets[-1]['description']}): {len(methods)} methods x {len(s.prompts)} prompts "
                 f"(batch {s.batch}) x {s.repeats} rounds")
             target_rows, target_mismatches = bench_target(target, methods, s.prompts, s.new_tokens, s.repeats, log,
-                                                          s.batch)
+                                                          s.batch, warm_up_every_prompt=s.compile)
             rows += [{"target": str(directory), **row} for row in target_rows]
             mismatches += [{"target": str(directory), **m} for m in target_mismatches]
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -409,6 +415,7 @@ def run(s: Settings, command: str, log: Callable[[str], None] = _log) -> dict[st
             "targets": targets, "corpus": s.corpus, "val_fraction": s.val_fraction,
             "prompts": [{"source": p.source, "document": p.document, "tokens": len(p.ids)} for p in s.prompts],
             "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens, "repeats": s.repeats, "batch": s.batch,
+            "compiled": s.compile,
             "methods": [_key(m) for m in methods], "rows": rows, "mismatches": mismatches}
 
 
@@ -444,7 +451,11 @@ def render(report: dict[str, Any]) -> str:
              f"Generated by `{report['command']}` on {report['date']}, lrnn at git revision {m['lrnn_revision']}.",
              "",
              f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores; torch {m['torch']}, float32, "
-             f"**{report['threads']} intra-op thread(s)**; 1-minute load average {load(m['load_average_at_start'])} "
+             f"**{report['threads']} intra-op thread(s)**"
+             + ("; **compiled** (`compile_for_decoding`: the forward and `forward_tree` of every model; every "
+                "method warmed up on every prompt first, so the timed rounds do not compile)"
+                if report.get("compiled") else "") + ";"
+             f" 1-minute load average 1-minute load average {load(m['load_average_at_start'])} "
              f"at the start, {load(report['load_average_at_end'])} at the end. Wall-clock times: other work on "
              "the machine slows every method; the methods are interleaved per prompt so that it slows them alike, "
              "and the speed-up is paired per round.",
@@ -529,9 +540,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode the prompts in batches of this many (every method, the baseline too; trees "
                              "only with an explicit --branching); must divide "
                              "--prompts (default 1)")
-    parser.add_argument("--branching", type=_branching, nargs="+", default=None, metavar="B1,B2,..",
-                        help="tree shapes: B_d children per node at depth d (default: "
-                             f"{' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)})")
+    parser.add_argument("--branching", type=_branching, nargs="*", default=None, metavar="B1,B2,..",
+                        help="tree shapes: B_d children per node at depth d; the flag alone: no trees, chains only "
+                             f"(default: {' '.join(','.join(map(str, b)) for b in DEFAULT_BRANCHINGS)} at --batch 1, "
+                             "none at --batch > 1)")
     parser.add_argument("--chain-rollback", nargs="+", choices=ROLLBACKS, default=[DEFAULT_ROLLBACK],
                         help="how chains leave the cache on the accepted prefix, each timed as a method: replay "
                              "(snapshot, replay after a rejection), select (verified as a chain-shaped tree, "
@@ -549,6 +561,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree-nodes", type=int, nargs="+", default=None, metavar="N",
                         help="with --draft: also time the draft model's dynamic trees of at most N nodes (its N most "
                              "likely paths within each --branching, a beam of N per level), once per N")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the forward and forward_tree of the target(s) and the draft model "
+                             "(compile_for_decoding) for every method, the autoregressive baseline too; every method "
+                             "is warmed up on every prompt first (compiling takes minutes on a CPU)")
     parser.add_argument("--ngram", type=int, default=3, help="longest n-gram prompt lookup matches (default 3)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds over all prompts and methods; rows report the median (default 3)")
@@ -636,11 +652,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(targets=list(args.target), draft=args.draft, corpus=corpus, val_fraction=args.val_fraction,
                     prompts=prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                     draft_tokens=args.draft_tokens,
-                    branchings=list(args.branching or ([] if args.batch > 1 else DEFAULT_BRANCHINGS)),
+                    branchings=list(args.branching if args.branching is not None
+                                    else [] if args.batch > 1 else DEFAULT_BRANCHINGS),
                     ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,
                     chain_rollbacks=tuple(dict.fromkeys(args.chain_rollback)), chain_batchings=batchings,
                     tree_commits=tuple(dict.fromkeys(args.tree_commit)),
-                    tree_nodes=tuple(dict.fromkeys(args.tree_nodes or ())))
+                    tree_nodes=tuple(dict.fromkeys(args.tree_nodes or ())), compile=args.compile)
 
 
 def run_from_args(args: argparse.Namespace, command: str, parser: argparse.ArgumentParser) -> int:

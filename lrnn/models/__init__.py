@@ -4,8 +4,8 @@ checkpoint I/O."""
 from lrnn.layers import Cache
 from lrnn.models.config import ModelConfig
 from lrnn.models.generation import SamplingConfig, SpecialTokens, generate, select_next
-from lrnn.models.inference import (WEIGHT_FORMATS, InferenceLinear, decode_weight_bytes, is_prepared,
-                                   prepare_for_inference)
+from lrnn.models.inference import (WEIGHT_FORMATS, InferenceLinear, compile_for_decoding, decode_weight_bytes,
+                                   is_prepared, prepare_for_inference)
 from lrnn.models.lm import LanguageModel, TreeStates
 from lrnn.models.speculative import (Draft, Drafter, ModelDrafter, PromptLookupDrafter, SpeculativeStats,
                                      speculative_generate, verify_draft)
@@ -17,4 +17,4 @@ __all__ = ["ModelConfig", "LanguageModel", "TreeStates", "Cache", "SamplingConfi
            "GenerationStats", "generate_text", "speculative_generate", "verify_draft", "Draft", "Drafter",
            "PromptLookupDrafter", "ModelDrafter", "SpeculativeStats", "tree_speculative_generate", "TreeDraft",
            "TreeDrafter", "static_tree", "ModelTreeDrafter", "PromptLookupTreeDrafter", "WEIGHT_FORMATS", "InferenceLinear", "prepare_for_inference",
-           "is_prepared", "decode_weight_bytes"]
+           "is_prepared", "decode_weight_bytes", "compile_for_decoding"]

@@ -144,3 +144,25 @@ def decode_weight_bytes(model: nn.Module) -> int:
         elif not isinstance(module, nn.Embedding):
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return total
+
+
+def compile_for_decoding(model: nn.Module, dynamic: bool = True) -> nn.Module:
+    """``torch.compile`` the two passes cached and speculative decoding run per step, in place: the
+    ordinary forward (prefill, decode steps, chunked chain verification, replays) and ``forward_tree``
+    (tree and selecting-chain verification). What runs once per step around them -- drafting, the
+    verification rule, ``commit_tree_path`` -- stays eager. Returns ``model``.
+
+    At decoding sizes on a CPU a pass is bound by the number of small ops, which the compiler fuses; a
+    verification pass over several tokens has more of them to fuse than a decode step, so compiling pays
+    speculative decoding more than autoregressive decoding (measured by ``lrnn bench speculative
+    --compile``). ``dynamic=True`` traces the token and node counts as symbols, so the cache length and the
+    draft length do not each compile anew; but every draft shape the compiler has to guard on (a chain of
+    n nodes, a tree's depth and shape) is a compilation of its own, minutes on a CPU the first time, and
+    beyond ``torch._dynamo.config.cache_size_limit`` of them the pass runs eagerly. Warm up on the shapes
+    you will decode.
+    """
+    if not callable(getattr(model, "forward_tree", None)):
+        raise TypeError(f"model must be a LanguageModel (with forward_tree), got {type(model).__name__}")
+    model.forward = torch.compile(model.forward, dynamic=dynamic)
+    model.forward_tree = torch.compile(model.forward_tree, dynamic=dynamic)
+    return model

@@ -263,6 +263,13 @@ def without_trees(argv) -> list:
     return argv[:at] + argv[at + 2:]
 
 
+def test_branching_alone_times_chains_only(models, corpus, tmp_path):
+    out = tmp_path / "spec.json"
+    assert cli(*without_trees(small_run(models, corpus, "--json", out)), "--repeats", 1, "--branching") == 0
+    assert json.loads(out.read_text())["methods"] == ["autoregressive", "chain k=4 / draft model",
+                                                      "chain k=4 / prompt lookup"]
+
+
 def test_batches_time_chains_in_lockstep_against_batched_autoregressive_decoding(models, corpus, tmp_path, capsys):
     """``--batch 2``: the two prompts decoded as one batch by every method (a draft model per row), chains
     only, each output checked against batched greedy decoding."""
