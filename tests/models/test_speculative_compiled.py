@@ -28,6 +28,7 @@ def test_compile_for_decoding_needs_a_language_model():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.skipif(not os.environ.get("LRNN_SLOW_TESTS"), reason="compiling takes minutes; set LRNN_SLOW_TESTS=1")
 @pytest.mark.parametrize("mixer", ["gated_deltanet", "mamba2"])
 @torch.no_grad()
