@@ -455,7 +455,7 @@ def render(report: dict[str, Any]) -> str:
              + ("; **compiled** (`compile_for_decoding`: the forward and `forward_tree` of every model; every "
                 "method warmed up on every prompt first, so the timed rounds do not compile)"
                 if report.get("compiled") else "") + ";"
-             f" 1-minute load average 1-minute load average {load(m['load_average_at_start'])} "
+             f" 1-minute load average {load(m['load_average_at_start'])} "
              f"at the start, {load(report['load_average_at_end'])} at the end. Wall-clock times: other work on "
              "the machine slows every method; the methods are interleaved per prompt so that it slows them alike, "
              "and the speed-up is paired per round.",

@@ -111,7 +111,8 @@ def test_cli_runs_every_method_checks_them_and_writes_the_report(models, corpus,
         assert row["speedup"] == pytest.approx(statistics.median(b / s for b, s in zip(baseline["round_seconds"],
                                                                                         row["round_seconds"])))
     text = capsys.readouterr().out
-    assert "**1 intra-op thread(s)**" in text and "2 validation documents" in text and "doc03.py, doc07.py" in text
+    assert "**1 intra-op thread(s)**; 1-minute load average " in text and text.count("1-minute load average") == 1
+    assert "2 validation documents" in text and "doc03.py, doc07.py" in text and "compiled" not in text
     assert "| tree 2,1 | prompt lookup |" in text
     assert "Exactness: all 20 speculative outputs (timed and warm-up) equal the autoregressive output" in text
 
