@@ -187,8 +187,8 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
                   tree_nodes: Sequence[int] = ()) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
     prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
-    ``tree_commits``, and the draft model's dynamic trees of at most N nodes for each N of ``tree_nodes``
-    within each branching (a name shows the mode when it is not the default; chains also once per
+    ``tree_commits``, and dynamic trees of at most N nodes for each N of ``tree_nodes`` within each
+    branching (the draft model's most likely paths, prompt lookup's best-supported continuations) (a name shows the mode when it is not the default; chains also once per
     ``chain_batchings`` mode, at ``batch`` > 1). Each call gets a fresh drafter (a
     draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
     row."""
@@ -213,10 +213,12 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
             for commit in tree_commits:
                 name = f"tree {shape}" + ("" if commit == DEFAULT_COMMIT else f", {commit}")
                 methods.append(Method(name, label, True, partial(_tree, tree_drafter, branching, commit)))
-        for nodes in tree_nodes if draft else ():
-            methods.append(Method(f"tree {shape}, <= {nodes} nodes", "draft model", True,
-                                  partial(_tree, per_row(partial(ModelTreeDrafter, draft, nodes)), branching,
-                                          DEFAULT_COMMIT)))
+        for nodes in tree_nodes:
+            dynamic = ([("draft model", per_row(partial(ModelTreeDrafter, draft, nodes)))] if draft else []) + \
+                [("prompt lookup", partial(PromptLookupTreeDrafter, ngram, nodes))]
+            for label, tree_drafter in dynamic:
+                methods.append(Method(f"tree {shape}, <= {nodes} nodes", label, True,
+                                      partial(_tree, tree_drafter, branching, DEFAULT_COMMIT)))
     return methods
 
 
@@ -559,8 +561,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the verification kept) or recompute (one more forward over the path) "
                              f"(default {DEFAULT_COMMIT})")
     parser.add_argument("--tree-nodes", type=int, nargs="+", default=None, metavar="N",
-                        help="with --draft: also time the draft model's dynamic trees of at most N nodes (its N most "
-                             "likely paths within each --branching, a beam of N per level), once per N")
+                        help="also time dynamic trees of at most N nodes within each --branching, once per N: the "
+                             "draft model's N most likely paths (a beam of N per level) and prompt lookup's N "
+                             "nodes that most earlier occurrences continue through")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the forward and forward_tree of the target(s) and the draft model "
                              "(compile_for_decoding) for every method, the autoregressive baseline too; every method "
@@ -627,8 +630,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if "per_row" in batchings and "replay" in args.chain_rollback:
         raise ValueError("--chain-batching per_row commits each row by state selection: it cannot be timed with "
                          "--chain-rollback replay")
-    if args.tree_nodes and not args.draft:
-        raise ValueError("--tree-nodes: dynamic trees are the draft model's (give --draft)")
     for nodes in args.tree_nodes or ():
         check_int("--tree-nodes", nodes, 1)
     if not 0 < args.val_fraction <= 0.5:

@@ -535,9 +535,9 @@ def _add_generate(sub) -> None:
                            "the draft model's top-k, or the continuations of several lookup matches); greedy or "
                            "sampled")
     spec.add_argument("--tree-nodes", type=_positive_int, default=None, metavar="N",
-                      help="with --speculative draft --tree: a dynamic tree of at most N nodes shaped by the draft "
-                           "model's confidence (its N most likely paths within --tree's branching, a beam of N per "
-                           "level) instead of the full static tree")
+                      help="with --tree: a dynamic tree of at most N nodes within --tree's branching instead of "
+                           "every node it allows: the draft model's N most likely paths (a beam of N per level), or "
+                           "the N lookup nodes that most earlier occurrences continue through")
 
 
 def _speculative_decode(args: argparse.Namespace, model, dtype):
@@ -551,7 +551,7 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
     from lrnn.models.tree_speculative import (ModelTreeDrafter, PromptLookupTreeDrafter, check_tree_drafter,
                                               tree_speculative_generate)
 
-    unused = {"lookup": ("draft_model", "tree_nodes"), "draft": ("ngram",),
+    unused = {"lookup": ("draft_model",), "draft": ("ngram",),
               None: ("draft_model", "draft_tokens", "ngram", "tree", "tree_nodes")}
     given = ["--" + name.replace("_", "-") for name in unused[args.speculative] if getattr(args, name) is not None]
     if given:
@@ -571,8 +571,8 @@ def _speculative_decode(args: argparse.Namespace, model, dtype):
         drafter = ModelTreeDrafter(draft_model, args.tree_nodes) if tree else ModelDrafter(draft_model)
         (check_tree_drafter if tree else check_drafter)(drafter, model)
     else:
-        lookup = PromptLookupTreeDrafter if tree else PromptLookupDrafter
-        drafter = lookup() if args.ngram is None else lookup(args.ngram)
+        ngram = {} if args.ngram is None else {"max_ngram": args.ngram}
+        drafter = PromptLookupTreeDrafter(**ngram, max_nodes=args.tree_nodes) if tree else PromptLookupDrafter(**ngram)
     stats = SpeculativeStats()
     if tree:
         return partial(tree_speculative_generate, drafter=drafter, branching=args.tree, stats=stats), stats

@@ -183,25 +183,45 @@ class PromptLookupTreeDrafter:
     """Drafting without a model: the continuations of *every* earlier occurrence of the sequence's last
     ``n`` tokens (``n = max_ngram, .., 1``, the longest n with a match), merged into a tree (a trie: shared
     prefixes share nodes), latest occurrence first, at most ``branching[d]`` children per node at depth d.
-    No match: an empty tree (the step decodes one token)."""
+    No match: an empty tree (the step decodes one token).
 
-    def __init__(self, max_ngram: int = 3) -> None:
+    ``max_nodes=None``: every node the trie gets within ``branching``. ``max_nodes=N``: a **dynamic** tree of
+    at most N nodes -- the N nodes with the most *support* (the number of occurrences whose continuation
+    runs through the node: how often the text went that way), ties to the earlier node (the more recent
+    occurrence, or the node nearer the root). A parent's support is at least its child's and the parent
+    comes first, so the kept nodes form a tree. With a single occurrence it is that continuation cut to N
+    tokens (a chain); where earlier text went several ways it branches, and a deep ``branching`` such as
+    ``(3, 2, 1, 1, 1, 1, 1, 1)`` lets well-supported continuations run deep while the verification pass stays
+    at N + 1 tokens.
+    """
+
+    def __init__(self, max_ngram: int = 3, max_nodes: int | None = None) -> None:
         self.max_ngram = check_int("max_ngram", max_ngram, 1)
+        self.max_nodes = None if max_nodes is None else check_int("max_nodes", max_nodes, 1)
 
     def propose_tree(self, sequence: torch.Tensor, branching: tuple[int, ...]) -> TreeDraft:
-        tokens, parents = [], []
+        tokens, parents, support = [], [], []
         children: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        widths: dict[int, int] = {}  # node -> its number of children
         for start in self._continuation_starts(sequence):
             parent = -1
             for depth, token in enumerate(sequence[start:start + len(branching)].tolist()):
                 node = children.get((parent, token))
                 if node is None:
-                    if sum(1 for p, _ in children if p == parent) >= branching[depth]:
+                    if widths.get(parent, 0) >= branching[depth]:
                         break  # this node is full: the rest of the continuation has no place
                     node = children[(parent, token)] = len(tokens)
+                    widths[parent] = widths.get(parent, 0) + 1
                     tokens.append(token)
                     parents.append(parent)
+                    support.append(0)
+                support[node] += 1
                 parent = node
+        if self.max_nodes is not None and len(tokens) > self.max_nodes:
+            kept = sorted(sorted(range(len(tokens)), key=lambda m: -support[m])[:self.max_nodes])  # stable: ties
+            index = {old: new for new, old in enumerate(kept)}  # keep the earlier node
+            tokens = [tokens[m] for m in kept]
+            parents = [-1 if parents[m] < 0 else index[parents[m]] for m in kept]
         return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=sequence.device),
                          torch.tensor(parents, dtype=torch.long, device=sequence.device))
 

@@ -161,9 +161,8 @@ def test_without_a_draft_model_only_prompt_lookup_drafts(models, corpus, tmp_pat
     report = json.loads(out.read_text())
     assert report["draft"] is None
     assert report["methods"] == ["autoregressive", "chain k=4 / prompt lookup", "tree 2,1 / prompt lookup"]
-    with pytest.raises(SystemExit) as exit_info:
-        cli(*argv, "--tree-nodes", 3)  # dynamic trees are the draft model's
-    assert exit_info.value.code == 2
+    assert cli(*argv, "--repeats", 1, "--tree-nodes", 3) == 0  # prompt lookup's dynamic trees
+    assert json.loads(out.read_text())["methods"][-1] == "tree 2,1, <= 3 nodes / prompt lookup"
 
 
 @pytest.fixture
@@ -244,14 +243,15 @@ def test_both_cache_modes_are_timed_as_methods_and_checked(models, corpus, tmp_p
 
 
 def test_dynamic_trees_are_timed_per_node_budget(models, corpus, tmp_path):
-    """``--tree-nodes 2 3``: the draft model's dynamic trees within each branching, one method per budget,
-    checked like the others; a step drafts at most that many nodes."""
+    """``--tree-nodes 2 3``: the draft model's and prompt lookup's dynamic trees within each branching, one
+    method per budget and drafter, checked like the others; a step drafts at most that many nodes."""
     out = tmp_path / "spec.json"
     assert cli(*small_run(models, corpus, "--json", out), "--repeats", 1, "--tree-nodes", 2, 3) == 0
     report = json.loads(out.read_text())
     assert report["methods"] == ["autoregressive", "chain k=4 / draft model", "chain k=4 / prompt lookup",
                                  "tree 2,1 / draft model", "tree 2,1 / prompt lookup",
-                                 "tree 2,1, <= 2 nodes / draft model", "tree 2,1, <= 3 nodes / draft model"]
+                                 "tree 2,1, <= 2 nodes / draft model", "tree 2,1, <= 2 nodes / prompt lookup",
+                                 "tree 2,1, <= 3 nodes / draft model", "tree 2,1, <= 3 nodes / prompt lookup"]
     assert report["mismatches"] == []
     rows = {r["method"]: r for r in report["rows"]}
     assert rows["tree 2,1, <= 2 nodes / draft model"]["steps"] >= 4

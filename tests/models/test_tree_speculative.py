@@ -220,7 +220,8 @@ def test_greedy_with_a_draft_model_and_with_prompt_lookup(name):
     expected = greedy_reference(model, prompt)
     for drafter, branching in ((ModelTreeDrafter(draft), (2, 2, 1)), (ModelTreeDrafter(model), (2, 1, 1, 1)),
                                (ModelTreeDrafter(draft, max_nodes=5), (3, 3, 3, 3)),
-                               (PromptLookupTreeDrafter(max_ngram=2), (3, 2, 2))):
+                               (PromptLookupTreeDrafter(max_ngram=2), (3, 2, 2)),
+                               (PromptLookupTreeDrafter(max_ngram=2, max_nodes=4), (3, 2, 1, 1, 1))):
         out, stats = run_tree(model, prompt, drafter, branching)
         assert torch.equal(out, expected), type(drafter).__name__
     assert stats.steps < NEW_TOKENS - 1  # lookup drafts were accepted
@@ -269,6 +270,51 @@ def test_dynamic_draft_tree_keeps_the_most_likely_paths():
     assert node_paths(pruned) == {tuple(full.tokens[tree_path(full.parents, m)].tolist()) for m in best}
     with pytest.raises(ValueError, match="max_nodes"):
         ModelTreeDrafter(draft, max_nodes=0)
+
+
+def lookup_tree(sequence: list[int], branching: tuple[int, ...], max_nodes: int | None = None) -> TreeDraft:
+    return PromptLookupTreeDrafter(max_ngram=2, max_nodes=max_nodes).propose_tree(torch.tensor(sequence), branching)
+
+
+def test_prompt_lookup_tree_merges_every_continuation():
+    """The continuations of every earlier occurrence of the last 2-gram (1, 2), latest first, merged into a
+    trie within ``branching``; ``max_nodes`` keeps the nodes that most occurrences run through."""
+    sequence = [1, 2, 3, 4, 9, 1, 2, 3, 5, 9, 1, 2, 7, 8, 9, 1, 2]  # continuations 7 8 9 1, 3 5 9 1, 3 4 9 1
+    full = lookup_tree(sequence, (3, 2, 1, 1))
+    assert full.tokens.tolist() == [7, 8, 9, 1, 3, 5, 9, 1, 4, 9, 1]
+    assert full.parents.tolist() == [-1, 0, 1, 2, -1, 4, 5, 6, 4, 8, 9]
+    chain = lookup_tree(sequence, (1, 1, 1, 1))  # one child per node: the latest continuation only
+    assert (chain.tokens.tolist(), chain.parents.tolist()) == ([7, 8, 9, 1], [-1, 0, 1, 2])
+    five = lookup_tree(sequence, (3, 2, 1, 1), max_nodes=5)  # "3" has support 2; then the latest path
+    assert (five.tokens.tolist(), five.parents.tolist()) == ([7, 8, 9, 1, 3], [-1, 0, 1, 2, -1])
+    two = lookup_tree(sequence, (3, 2, 1, 1), max_nodes=2)
+    assert (two.tokens.tolist(), two.parents.tolist()) == ([7, 3], [-1, -1])
+    # A continuation seen twice outranks the latest one seen once.
+    frequent = lookup_tree([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 5, 6, 1, 2], (2, 1, 1, 1), max_nodes=4)
+    assert (frequent.tokens.tolist(), frequent.parents.tolist()) == ([3, 4, 1, 2], [-1, 0, 1, 2])
+    assert len(lookup_tree([1, 2, 3, 4], (2, 2), max_nodes=3).tokens) == 0  # no match: an empty tree
+    with pytest.raises(ValueError, match="max_nodes"):
+        PromptLookupTreeDrafter(max_nodes=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dynamic_lookup_tree_keeps_the_best_supported_nodes(seed):
+    """On random token sequences: the dynamic tree's nodes are the ``max_nodes`` nodes of the full trie with
+    the most earlier occurrences whose continuation starts with the node's path (counted here directly
+    from the sequence), ties to the earlier node of the full trie."""
+    generator = torch.Generator().manual_seed(seed)
+    sequence = torch.randint(0, 3, (60,), generator=generator).tolist()
+    branching = (2, 2, 2, 1)
+    full = lookup_tree(sequence, branching)
+    n = 2 if any(sequence[i:i + 2] == sequence[-2:] for i in range(len(sequence) - 2)) else 1
+    starts = [i + n for i in range(len(sequence) - n) if sequence[i:i + n] == sequence[-n:]]
+    paths = [tuple(full.tokens[tree_path(full.parents, m)].tolist()) for m in range(len(full.tokens))]
+    support = [sum(tuple(sequence[s:s + len(p)]) == p for s in starts) for p in paths]
+    for max_nodes in (1, 3, 5, 8):
+        best = sorted(range(len(paths)), key=lambda m: (-support[m], m))[:max_nodes]
+        dynamic = lookup_tree(sequence, branching, max_nodes)
+        assert node_paths(dynamic) == {paths[m] for m in best}
+        assert all(int(p) < i for i, p in enumerate(dynamic.parents))  # still topological
 
 
 def test_draft_model_as_target_accepts_every_level():
