@@ -6,7 +6,7 @@ the ``tokenizer.json`` it was trained with) the benchmark decodes ``--new-tokens
 each of ``--prompts`` code prompts with:
 
 * ``autoregressive``: ``lrnn.models.generate`` (the baseline of every ratio);
-* ``chain``: ``speculative_generate`` with ``--draft-tokens`` k drafts per step, from the draft model
+* ``chain``: ``speculative_generate`` with k drafts per step for each k of ``--draft-tokens``, from the draft model
   (``ModelDrafter``) and from prompt lookup (``PromptLookupDrafter``, no draft model);
 * ``tree``: ``tree_speculative_generate`` with each ``--branching`` shape (``static_tree``), from the
   draft model (``ModelTreeDrafter``) and from prompt lookup (``PromptLookupTreeDrafter``).
@@ -180,19 +180,21 @@ def _tree(make_drafter: Callable[[], Any], branching: tuple[int, ...], commit: s
                                      stats=stats, commit=commit)
 
 
-def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Sequence[tuple[int, ...]],
-                  ngram: int, chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
+def build_methods(draft: LanguageModel | None, draft_tokens: int | Sequence[int],
+                  branchings: Sequence[tuple[int, ...]], ngram: int,
+                  chain_rollbacks: Sequence[str] = (DEFAULT_ROLLBACK,),
                   tree_commits: Sequence[str] = (DEFAULT_COMMIT,), batch: int = 1,
                   chain_batchings: Sequence[str] = (DEFAULT_BATCHING,),
                   tree_nodes: Sequence[int] = ()) -> list[Method]:
     """Autoregressive, then chain and tree speculative decoding from the draft model (when given) and from
-    prompt lookup (longest n-gram ``ngram``), chains with each of ``chain_rollbacks`` and trees with each of
-    ``tree_commits``, and dynamic trees of at most N nodes for each N of ``tree_nodes`` within each
-    branching (the draft model's most likely paths, prompt lookup's best-supported continuations) (a name shows the mode when it is not the default; chains also once per
-    ``chain_batchings`` mode, at ``batch`` > 1). Each call gets a fresh drafter (a
-    draft model's cache starts empty, as in a new generation); at ``batch`` > 1 one draft model drafter per
-    row."""
+    prompt lookup (longest n-gram ``ngram``): chains of each k in ``draft_tokens`` with each of
+    ``chain_rollbacks`` (and, at ``batch`` > 1, each of ``chain_batchings``), trees of each branching with
+    each of ``tree_commits``, and dynamic trees of at most N nodes for each N of ``tree_nodes`` within each
+    branching (the draft model's most likely paths, prompt lookup's best-supported continuations). A name
+    shows the mode when it is not the default. Each call gets a fresh drafter (a draft model's cache starts
+    empty, as in a new generation); at ``batch`` > 1 one draft model drafter per row."""
     check_int("batch", batch, 1)
+    chain_lengths = (draft_tokens,) if isinstance(draft_tokens, int) else tuple(draft_tokens)
 
     def per_row(make: Callable[[], Any]) -> Callable[[], Any]:
         return make if batch == 1 else lambda: [make() for _ in range(batch)]
@@ -200,13 +202,13 @@ def build_methods(draft: LanguageModel | None, draft_tokens: int, branchings: Se
                 if draft else []) + \
         [("prompt lookup", partial(PromptLookupDrafter, ngram), partial(PromptLookupTreeDrafter, ngram))]
     methods = [Method(AUTOREGRESSIVE, "-", False, _autoregressive)]
-    for label, chain_drafter, _ in drafters:
-        for rollback in chain_rollbacks:
-            for batching in chain_batchings:
-                name = f"chain k={draft_tokens}" + ("" if rollback == DEFAULT_ROLLBACK else f", {rollback}") + \
-                    ("" if batching == DEFAULT_BATCHING else f", {batching.replace('_', ' ')}")
-                methods.append(Method(name, label, True,
-                                      partial(_chain, chain_drafter, draft_tokens, rollback, batching)))
+    for k in chain_lengths:
+        for label, chain_drafter, _ in drafters:
+            for rollback in chain_rollbacks:
+                for batching in chain_batchings:
+                    name = f"chain k={k}" + ("" if rollback == DEFAULT_ROLLBACK else f", {rollback}") + \
+                        ("" if batching == DEFAULT_BATCHING else f", {batching.replace('_', ' ')}")
+                    methods.append(Method(name, label, True, partial(_chain, chain_drafter, k, rollback, batching)))
     for branching in branchings:
         shape = ",".join(map(str, branching))
         for label, _, tree_drafter in drafters:
@@ -360,7 +362,7 @@ class Settings:
     prompts: list[Prompt]
     prompt_tokens: int
     new_tokens: int
-    draft_tokens: int
+    draft_tokens: tuple[int, ...]
     branchings: list[tuple[int, ...]]
     ngram: int
     repeats: int
@@ -537,7 +539,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128,
                         help="tokens per prompt: end-of-document + the document's start (default 128)")
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (default 128)")
-    parser.add_argument("--draft-tokens", type=int, default=4, help="k, drafts per chain step (default 4)")
+    parser.add_argument("--draft-tokens", type=int, nargs="+", default=[4], metavar="K",
+                        help="k, drafts per chain step; several: chains of each k, each timed as a method (default 4)")
     parser.add_argument("--batch", type=int, default=1,
                         help="decode the prompts in batches of this many (every method, the baseline too; trees "
                              "only with an explicit --branching); must divide "
@@ -616,9 +619,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check the flags and the model directories (configs, tokenizers, training split), pick the prompts.
     Raises ValueError / TypeError / FileNotFoundError naming the flag."""
     for flag, value, minimum in (("--prompts", args.prompts, 1), ("--prompt-tokens", args.prompt_tokens, 2),
-                                 ("--new-tokens", args.new_tokens, 1), ("--draft-tokens", args.draft_tokens, 1),
-                                 ("--ngram", args.ngram, 1), ("--repeats", args.repeats, 1),
-                                 ("--threads", args.threads, 1), ("--batch", args.batch, 1)):
+                                 ("--new-tokens", args.new_tokens, 1), ("--ngram", args.ngram, 1),
+                                 ("--repeats", args.repeats, 1), ("--threads", args.threads, 1),
+                                 ("--batch", args.batch, 1)):
         check_int(flag, value, minimum)
     if args.prompts % args.batch:
         raise ValueError(f"--batch {args.batch} must divide --prompts {args.prompts}")
@@ -632,6 +635,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                          "--chain-rollback replay")
     for nodes in args.tree_nodes or ():
         check_int("--tree-nodes", nodes, 1)
+    for k in args.draft_tokens:
+        check_int("--draft-tokens", k, 1)
     if not 0 < args.val_fraction <= 0.5:
         raise ValueError(f"--val-fraction must lie in (0, 0.5], got {args.val_fraction}")
     dirs = [("--target", d) for d in args.target] + ([("--draft", args.draft)] if args.draft else [])
@@ -652,7 +657,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     prompts = validation_prompts(files, tokenizer, args.val_fraction, args.prompts, args.prompt_tokens)
     return Settings(targets=list(args.target), draft=args.draft, corpus=corpus, val_fraction=args.val_fraction,
                     prompts=prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                    draft_tokens=args.draft_tokens,
+                    draft_tokens=tuple(dict.fromkeys(args.draft_tokens)),
                     branchings=list(args.branching if args.branching is not None
                                     else [] if args.batch > 1 else DEFAULT_BRANCHINGS),
                     ngram=args.ngram, repeats=args.repeats, threads=args.threads, batch=args.batch,

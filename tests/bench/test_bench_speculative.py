@@ -196,6 +196,7 @@ def other_models(tmp_path, tokenizer_dir, corpus):
     (lambda m, o: ["--val-fraction", 0.75], "--val-fraction must lie in (0, 0.5], got 0.75"),
     (lambda m, o: ["--branching", "2,0"], "expected positive integers separated by commas"),
     (lambda m, o: ["--tree-nodes", 0], "--tree-nodes must be >= 1, got 0"),
+    (lambda m, o: ["--draft-tokens", 4, 0], "--draft-tokens must be >= 1, got 0"),
 ])
 def test_bad_input_is_a_usage_error(models, corpus, other_models, change, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -255,6 +256,20 @@ def test_dynamic_trees_are_timed_per_node_budget(models, corpus, tmp_path):
     assert report["mismatches"] == []
     rows = {r["method"]: r for r in report["rows"]}
     assert rows["tree 2,1, <= 2 nodes / draft model"]["steps"] >= 4
+
+
+def test_chains_of_each_draft_length_are_timed(models, corpus, tmp_path):
+    """``--draft-tokens 2 4``: chains of k = 2 and k = 4, per drafter, checked like the others; a k = 2 step
+    drafts at most 2 tokens."""
+    out = tmp_path / "spec.json"
+    argv = [a for a in small_run(models, corpus, "--json", out)]
+    del argv[2:4]  # --draft DIR
+    assert cli(*without_trees(argv), "--branching", "--repeats", 1, "--draft-tokens", 2, 4, 2) == 0
+    report = json.loads(out.read_text())
+    assert report["methods"] == ["autoregressive", "chain k=2 / prompt lookup", "chain k=4 / prompt lookup"]
+    assert report["mismatches"] == []
+    row = {r["method"]: r for r in report["rows"]}["chain k=2 / prompt lookup"]
+    assert row["accepted_per_step"] <= 2
 
 
 def without_trees(argv) -> list:
