@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrnn.layers.common import (AcceptedPath, TreeKeep, commit_tree_by_paths, document_starts,
-                                 forward_tree_by_paths)
+from lrnn.layers.common import AcceptedPath, TreeKeep, document_starts
 from lrnn.layers.registry import MixerSpec, register
 from lrnn.ops import TokenTree, compute_dtype, tree_attention, tree_positions
 from lrnn.validation import check_positive
@@ -179,9 +178,7 @@ class LSTM(nn.Module):
             if seq_starts is not None:  # a document's first token starts from (h, c) = 0
                 fresh = seq_starts[:, i, None]
                 h, c = h.masked_fill(fresh, 0.0), c.masked_fill(fresh, 0.0)
-            gi, gf, gg, go = (gates_in[:, i] + self.recurrent_proj(h)).chunk(4, dim=-1)
-            c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
-            h_new = torch.sigmoid(go) * torch.tanh(c_new)
+            h_new, c_new = self._cell(gates_in[:, i], h, c)
             if mask is not None:
                 keep = mask[:, i, None].bool()
                 h_new, c_new = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
@@ -192,19 +189,61 @@ class LSTM(nn.Module):
         hs = torch.stack(outs, dim=1) if outs else hidden.new_zeros(b, 0, self.hidden_size)  # T = 0: no step
         return self.out_proj(hs)
 
-    tree_pass_per_node = True
-    """``forward_tree`` runs one forward per node (no tree form): chains are cheaper verified by replay."""
+    def _cell(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One LSTM step from the previous (h, c) [..., H] and the input's gate pre-activations [..., 4H]:
+        c' = sigma(f) c + sigma(i) tanh(g), h' = sigma(o) tanh(c')."""
+        gi, gf, gg, go = (gates_in + self.recurrent_proj(h)).chunk(4, dim=-1)
+        c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+        return torch.sigmoid(go) * torch.tanh(c_new), c_new
 
     def forward_tree(self, hidden: torch.Tensor, state: State | None, tree: TokenTree,
                      keep: TreeKeep | None = None) -> torch.Tensor:
-        """The tree path of the nonlinear LSTM: no tree form, so each node runs its own root-to-node path
-        from the cached (h, c) (``forward_tree_by_paths``; exact, one forward per node). hidden [B, N, d].
-        With a ``keep`` dict every node's (h, c) is kept for ``commit_tree``."""
-        return forward_tree_by_paths(self, hidden, state, tree, keep)
+        """The tree path, level by level. hidden [B, N, d] -> [B, N, d].
+
+        The LSTM is nonlinear, so no parallel form over time exists -- but a tree needs none beyond what a
+        chain needs: every node at depth l steps from its parent's (h, c) at depth l - 1, so one batched cell
+        step per level computes all nodes of that level (the root's children from the cached (h, c)). A tree
+        of depth D costs D cell steps, as a chain of D tokens does, whatever its width. With a ``keep`` dict
+        every node's (h, c) is kept for ``commit_tree``. The cache entry is read, not changed."""
+        b, n, _ = hidden.shape
+        gates_in = self.input_proj(hidden)
+        if state is not None and "h" in state:
+            h_prev, c_prev = state["h"][:, None], state["c"][:, None]  # [B, 1, H]: the root
+        else:
+            h_prev = c_prev = hidden.new_zeros(b, 1, self.hidden_size)
+        levels, position = tree.derived("lstm_levels", _tree_levels)
+        hs, cs = [], []
+        for nodes, parent_rows in levels:
+            h_prev, c_prev = self._cell(gates_in[:, nodes], h_prev[:, parent_rows], c_prev[:, parent_rows])
+            hs.append(h_prev)
+            cs.append(c_prev)
+        if not hs:  # the empty tree
+            return self.out_proj(hidden.new_zeros(b, 0, self.hidden_size))
+        h, c = torch.cat(hs, dim=1)[:, position], torch.cat(cs, dim=1)[:, position]  # back to node order
+        if keep is not None:
+            keep["h"], keep["c"] = h, c
+        return self.out_proj(h)
 
     def commit_tree(self, state: State, kept: TreeKeep, accepted: AcceptedPath) -> None:
-        """Advance the cache entry by the accepted path: the (h, c) its node's run of ``forward_tree`` left."""
-        commit_tree_by_paths(state, kept, accepted)
+        """Advance the cache entry by the accepted path: the (h, c) the tree pass computed at its node."""
+        state["h"], state["c"] = kept["h"][:, accepted.node], kept["c"][:, accepted.node]
+
+
+def _tree_levels(tree: TokenTree) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The tree by depth, for a level-by-level pass: ([(nodes at depth l [n_l], their parents' rows among
+    depth l - 1's nodes [n_l] -- all 0 at depth 0, the root)], position [N]: each node's row in the
+    depth-ordered concatenation of the levels)."""
+    order = torch.argsort(tree.depths, stable=True)
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order), device=order.device)
+    levels, start, previous_start = [], 0, 0
+    for count in torch.bincount(tree.depths).tolist() if len(order) else []:
+        nodes = order[start:start + count]
+        parents = tree.parents[nodes]
+        rows = torch.zeros_like(nodes) if start == 0 else position[parents] - previous_start
+        levels.append((nodes, rows))
+        previous_start, start = start, start + count
+    return levels, position
 
 
 ATTENTION = register(MixerSpec(

@@ -18,7 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrnn.layers import Attention
+from lrnn.layers import LSTM, Attention
+from lrnn.layers.common import commit_tree_by_paths, forward_tree_by_paths
 from lrnn.models import SamplingConfig, SpeculativeStats, TreeStates, speculative_generate
 from lrnn.models.tree_speculative import static_tree
 from lrnn.ops import token_tree, tree_leaves
@@ -142,19 +143,27 @@ def test_greedy_chain_verified_as_a_tree_equals_greedy(name):
     assert stats.replays == 0 and stats.target_forwards == 1 + stats.steps
 
 
-@pytest.mark.parametrize("name", ["mamba2", "s4d", "lstm", "deltanet+attention_every_2"])
-def test_default_rollback_selects_unless_a_layer_has_no_tree_form(name):
+@pytest.mark.parametrize("name", ["mamba2", "s4d", "lstm", "lstm-per-node", "deltanet+attention_every_2"])
+def test_default_rollback_selects_unless_a_layer_has_no_tree_form(name, monkeypatch):
     """``rollback="auto"`` (the default) verifies chains as trees and commits by selection -- no replay, one
-    target forward per step -- except for models with a layer whose tree pass runs a forward per node (the
-    LSTM), which snapshot and replay; the output is greedy decoding's either way."""
+    target forward per step -- except for models with a layer whose tree pass runs a forward per node
+    (``tree_pass_per_node``: a mixer without a tree form on the ``forward_tree_by_paths`` fallback, here the
+    LSTM put back on it), which snapshot and replay; the output is greedy decoding's either way."""
+    per_node = name == "lstm-per-node"
+    if per_node:
+        monkeypatch.setattr(LSTM, "forward_tree", forward_tree_by_paths)
+        monkeypatch.setattr(LSTM, "commit_tree", lambda self, state, kept, accepted:
+                            commit_tree_by_paths(state, kept, accepted))
+        monkeypatch.setattr(LSTM, "tree_pass_per_node", True, raising=False)
+        name = "lstm"
     model, prompt = model_for(name), random_ids(1, 8, seed=3)
     expected = greedy_reference(model, prompt)
     stats = SpeculativeStats()
     out = speculative_generate(model, prompt, OracleDrafter(expected[0], p_right=0.6),
                                SamplingConfig(max_new_tokens=NEW_TOKENS), num_draft_tokens=4, stats=stats)
     assert torch.equal(out, expected)
-    assert model.tree_pass_per_node == (name == "lstm")
-    if name == "lstm":
+    assert model.tree_pass_per_node == per_node
+    if per_node:
         assert stats.replays > 0 and stats.target_forwards == 1 + stats.steps + stats.replays
     else:
         assert stats.replays == 0 and stats.target_forwards == 1 + stats.steps
