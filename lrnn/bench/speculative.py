@@ -553,7 +553,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how chains leave the cache on the accepted prefix, each timed as a method: replay "
                              "(snapshot, replay after a rejection), select (verified as a chain-shaped tree, "
                              "committed by state selection) or auto (speculative_generate's default: select, "
-                             f"replay for models with an LSTM layer) (default {DEFAULT_ROLLBACK})")
+                             "replay for models with a layer without a tree form) "
+                             f"(default {DEFAULT_ROLLBACK})")
     parser.add_argument("--chain-batching", nargs="+", choices=BATCHINGS, default=[DEFAULT_BATCHING],
                         help="at --batch > 1, how chains advance the rows, each timed as a method: per_row (each "
                              "row by its own accepted drafts), lockstep (every row by "

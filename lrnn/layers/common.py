@@ -316,7 +316,8 @@ def document_starts(seq_starts: torch.Tensor | None, hidden: torch.Tensor,
 
 def forward_tree_by_paths(layer: nn.Module, hidden: torch.Tensor, state: dict[str, torch.Tensor] | None,
                           tree: TokenTree, keep: TreeKeep | None = None) -> torch.Tensor:
-    """The tree path of a mixer without a tree form (the LSTM): node m's output is the last output of
+    """The tree path of a mixer without a tree form (a fallback; every built-in mixer has one, the LSTM's
+    level by level): node m's output is the last output of
     ``layer`` run over m's root-to-node path from a copy of ``state``. hidden [B, N, d] -> [B, N, d_out].
 
     Exact by construction; costs one forward per node over its path (sum of depths + N tokens), so it

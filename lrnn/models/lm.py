@@ -122,8 +122,9 @@ class LanguageModel(nn.Module):
 
     @property
     def tree_pass_per_node(self) -> bool:
-        """Whether some layer's ``forward_tree`` runs one forward per node (a mixer without a tree form, e.g.
-        the LSTM, marks itself ``tree_pass_per_node = True``): then a tree pass costs a forward per node."""
+        """Whether some layer's ``forward_tree`` runs one forward per node (a mixer without a tree form, on the
+        ``forward_tree_by_paths`` fallback, marks itself ``tree_pass_per_node = True``; no built-in mixer does):
+        then a tree pass costs a forward per node."""
         return any(getattr(layer.mixer, "tree_pass_per_node", False) for layer in self.layers)
 
     @property
@@ -188,8 +189,8 @@ class LanguageModel(nn.Module):
         **selection**, no projection, MLP or head recomputed: each mixer's ``commit_tree`` writes its state
         after ``node`` from what the tree pass kept -- the short convs' windows along the path, the
         recurrent states after the path (the decode steps ``decay_step`` / ``delta_step`` over the path's
-        kept k, v, decays and betas), attention's KV cache grown by the path's keys and values, and for
-        LSTM / S4D the state their per-path run left.
+        kept k, v, decays and betas), attention's KV cache grown by the path's keys and values, the
+        LSTM's (h, c) at the node from its level-by-level pass, S4D's state from its kept powers.
         """
         if not isinstance(cache, Cache):
             raise TypeError(f"cache must be a Cache (model.new_cache()), got {type(cache).__name__}")

@@ -15,8 +15,8 @@ rejected, ``speculative_generate`` restores a copy of the cache taken before the
 a chain-shaped tree (``LanguageModel.forward_tree``, which leaves the cache alone and keeps what each layer
 needs) and commits the state after position a by selection (``commit_tree_path(..., states=...)``): no
 snapshot and no replay, at the price of a tree pass instead of the chunked forward. The default,
-``rollback="auto"``, selects, except for models with a layer that has no tree form (the LSTM: its tree
-pass runs a forward per node), which replay: with the tree passes of the recurrent mixers as cheap as their
+``rollback="auto"``, selects, except for models with a layer that has no tree form (``tree_pass_per_node``:
+its tree pass runs a forward per node; no built-in mixer since the LSTM's level-by-level pass), which replay: with the tree passes of the recurrent mixers as cheap as their
 chunked forwards, selection measured 1.16-1.20x faster end to end than replay with prompt lookup on 9.4M
 Gated DeltaNet, Mamba-2 and DeltaNet targets (docs/speculative.md). Replay is exact by construction for every mixer
 (the committed state is what the model computes for the accepted tokens, nothing layer-specific) and its
@@ -309,7 +309,7 @@ def speculative_generate(model: LanguageModel, input_ids: torch.Tensor, drafter:
             chain-shaped tree (``forward_tree``, parents i - 1, the cache read only), and the accepted node
             is committed by state selection (``commit_tree_path(..., states=...)``): no snapshot, no replay.
             ``"auto"`` (default): ``"select"``, or ``"replay"`` when a layer's tree pass runs a forward per
-            node (``model.tree_pass_per_node``: the LSTM).
+            node (``model.tree_pass_per_node``: a mixer without a tree form).
         attention_mask: [B, T] (1 = token, 0 = left padding) or None, as for ``generate``.
         batching: ``"per_row"``, ``"lockstep"`` or ``"auto"`` (default: per row where the model allows it
             -- ``model.per_row_commit`` -- and the rollback is ``"select"``, else lockstep). Per row

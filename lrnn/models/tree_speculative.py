@@ -7,8 +7,8 @@ One step, with the target's cache covering every committed token but the last on
    top-k (``ModelTreeDrafter``), or the distinct continuations of earlier n-gram matches
    (``PromptLookupTreeDrafter``);
 2. the target verifies ``[pending] + tree`` in one ``LanguageModel.forward_tree`` from its cache (every
-   mixer's tree path: the ancestor mask in the tree ops; LSTM and S4D run each node's path), giving the
-   next-token logits after every node;
+   mixer's tree path: the ancestor mask in the tree ops, S4D's kernel over path lags, the LSTM one cell
+   step per tree level), giving the next-token logits after every node;
 3. verification walks down from the pending token. Greedy (``greedy_walk``): while the target's argmax
    after the current node is one of its children, move to that child; the accepted path plus the argmax
    after its last node are emitted (a + 1 tokens), so the output is greedy decoding token for token.
@@ -17,9 +17,9 @@ One step, with the target's cache covering every committed token but the last on
 
 **Commit by state selection.** ``forward_tree`` leaves the cache untouched, so nothing has to be rolled
 back. It runs with ``keep_states=True``: every mixer keeps its per-node op inputs (the short convs' inputs,
-the recurrence's k, v, decays and betas, attention's rotated keys and values; LSTM / S4D their per-node
-states), and the commit writes the states after the accepted node from them -- the conv windows along the
-path, the decode steps ``decay_step`` / ``delta_step`` over the path's kept inputs, the path's keys and
+the recurrence's k, v, decays and betas, attention's rotated keys and values; the LSTM its per-node
+(h, c), S4D its discretised inputs and powers), and the commit writes the states after the accepted node
+from them -- the conv windows along the path, the decode steps ``decay_step`` / ``delta_step`` over the path's kept inputs, the path's keys and
 values appended to the KV cache -- with no projection, MLP or head run again: no second target forward.
 ``commit="recompute"`` keeps the reference commit instead: one ordinary cached forward over ``pending +
 accepted drafts`` (exact by construction, one more forward over at most depth + 1 tokens per step). The
