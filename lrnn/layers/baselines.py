@@ -237,7 +237,7 @@ def _tree_levels(tree: TokenTree) -> tuple[list[tuple[torch.Tensor, torch.Tensor
     position = torch.empty_like(order)
     position[order] = torch.arange(len(order), device=order.device)
     levels, start, previous_start = [], 0, 0
-    for count in torch.bincount(tree.depths).tolist() if len(order) else []:
+    for count in torch.bincount(tree.depths).tolist():  # the empty tree: no level
         nodes = order[start:start + count]
         parents = tree.parents[nodes]
         rows = torch.zeros_like(nodes) if start == 0 else position[parents] - previous_start

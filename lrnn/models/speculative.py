@@ -16,9 +16,10 @@ a chain-shaped tree (``LanguageModel.forward_tree``, which leaves the cache alon
 needs) and commits the state after position a by selection (``commit_tree_path(..., states=...)``): no
 snapshot and no replay, at the price of a tree pass instead of the chunked forward. The default,
 ``rollback="auto"``, selects, except for models with a layer that has no tree form (``tree_pass_per_node``:
-its tree pass runs a forward per node; no built-in mixer since the LSTM's level-by-level pass), which replay: with the tree passes of the recurrent mixers as cheap as their
-chunked forwards, selection measured 1.16-1.20x faster end to end than replay with prompt lookup on 9.4M
-Gated DeltaNet, Mamba-2 and DeltaNet targets (docs/speculative.md). Replay is exact by construction for every mixer
+its tree pass runs a forward per node; no built-in mixer since the LSTM's level-by-level pass), which
+replay: with the tree passes of the recurrent mixers as cheap as their chunked forwards, selection measured
+1.16-1.20x faster end to end than replay with prompt lookup on 9.4M Gated DeltaNet, Mamba-2 and DeltaNet
+targets (docs/speculative.md). Replay is exact by construction for every mixer
 (the committed state is what the model computes for the accepted tokens, nothing layer-specific) and its
 cost is bounded: it runs only after a rejection, over at most k tokens, as one chunked forward.
 With every draft accepted there is no replay. The snapshot copies every cache tensor (fixed-size states

@@ -19,11 +19,11 @@ One step, with the target's cache covering every committed token but the last on
 back. It runs with ``keep_states=True``: every mixer keeps its per-node op inputs (the short convs' inputs,
 the recurrence's k, v, decays and betas, attention's rotated keys and values; the LSTM its per-node
 (h, c), S4D its discretised inputs and powers), and the commit writes the states after the accepted node
-from them -- the conv windows along the path, the decode steps ``decay_step`` / ``delta_step`` over the path's kept inputs, the path's keys and
-values appended to the KV cache -- with no projection, MLP or head run again: no second target forward.
-``commit="recompute"`` keeps the reference commit instead: one ordinary cached forward over ``pending +
-accepted drafts`` (exact by construction, one more forward over at most depth + 1 tokens per step). The
-tests check that both leave the same cache.
+from them -- the conv windows along the path, the decode steps ``decay_step`` / ``delta_step`` over the
+path's kept inputs, the path's keys and values appended to the KV cache -- with no projection, MLP or head
+run again: no second target forward. ``commit="recompute"`` keeps the reference commit instead: one
+ordinary cached forward over ``pending + accepted drafts`` (exact by construction, one more forward over at
+most depth + 1 tokens per step). The tests check that both leave the same cache.
 
 **Sampling: sequential rejection with point-mass proposals.** At a node with target distribution ``p``
 (``sampling_probs``: temperature, top_k, top_p) and children holding tokens ``t_1 .. t_k``: start with the
@@ -152,20 +152,7 @@ class ModelTreeDrafter:
                 tokens.append(token)
                 parents.append(parent)
                 scores.append(score)
-        return self._best_nodes(tokens[1:], [p - 1 for p in parents[1:]], scores[1:], sequence.device)
-
-    def _best_nodes(self, tokens: list[int], parents: list[int], scores: list[float],
-                    device: torch.device) -> TreeDraft:
-        """The drafts (parents counted from the first draft, -1: a root child) cut to the ``max_nodes``
-        best-scored nodes, in their original (topological) order. Ties go to the earlier node, so a
-        parent (earlier, never scored below its child) is kept whenever its child is."""
-        if self.max_nodes is not None and len(tokens) > self.max_nodes:
-            kept = sorted(sorted(range(len(tokens)), key=lambda m: -scores[m])[:self.max_nodes])
-            index = {old: new for new, old in enumerate(kept)}
-            tokens = [tokens[m] for m in kept]
-            parents = [-1 if parents[m] < 0 else index[parents[m]] for m in kept]
-        return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=device),
-                         torch.tensor(parents, dtype=torch.long, device=device))
+        return _best_nodes(tokens[1:], [p - 1 for p in parents[1:]], scores[1:], self.max_nodes, sequence.device)
 
     def _catch_up(self, committed: torch.Tensor) -> None:
         """Advance the cache to ``committed`` [L]: from the consumed tokens if they are its prefix, else
@@ -217,13 +204,7 @@ class PromptLookupTreeDrafter:
                     support.append(0)
                 support[node] += 1
                 parent = node
-        if self.max_nodes is not None and len(tokens) > self.max_nodes:
-            kept = sorted(sorted(range(len(tokens)), key=lambda m: -support[m])[:self.max_nodes])  # stable: ties
-            index = {old: new for new, old in enumerate(kept)}  # keep the earlier node
-            tokens = [tokens[m] for m in kept]
-            parents = [-1 if parents[m] < 0 else index[parents[m]] for m in kept]
-        return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=sequence.device),
-                         torch.tensor(parents, dtype=torch.long, device=sequence.device))
+        return _best_nodes(tokens, parents, support, self.max_nodes, sequence.device)
 
     def _continuation_starts(self, sequence: torch.Tensor) -> list[int]:
         """Where the continuations of the longest matching n-gram start, latest occurrence first."""
@@ -233,6 +214,21 @@ class PromptLookupTreeDrafter:
             if len(hits):
                 return hits.flip(0).tolist()
         return []
+
+
+def _best_nodes(tokens: list[int], parents: list[int], scores: Sequence[float], max_nodes: int | None,
+                device: torch.device) -> TreeDraft:
+    """The draft tree (parents counted from the first draft, -1: a root child; topological order) cut to its
+    ``max_nodes`` best-scored nodes (None: all), kept in their original order. Ties go to the earlier node,
+    so with scores that never rise from a parent to its child (path log-probabilities, lookup support) a
+    parent is kept whenever its child is: the kept nodes are a tree."""
+    if max_nodes is not None and len(tokens) > max_nodes:
+        kept = sorted(sorted(range(len(tokens)), key=lambda m: -scores[m])[:max_nodes])  # the sort is stable
+        index = {old: new for new, old in enumerate(kept)}
+        tokens = [tokens[m] for m in kept]
+        parents = [-1 if parents[m] < 0 else index[parents[m]] for m in kept]
+    return TreeDraft(torch.tensor(tokens, dtype=torch.long, device=device),
+                     torch.tensor(parents, dtype=torch.long, device=device))
 
 
 # ---- generation ----------------------------------------------------------------------------------
